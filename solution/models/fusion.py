@@ -1,0 +1,53 @@
+"""`fusion`: the seed's combined network, an MLP on [image features, caption features] of the same fold.
+
+For fold k the head is fitted on the other folds' rows, using the features of fold k's own image and
+caption models, and scored on fold k, so no part of the stack has seen the rows it is scored on.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..context import FoldJob
+from ..errors import UserError
+from . import FoldOutput, ModelSpec
+from .mlp import load_head, predict_head, train_head
+
+
+def _upstream(cfg):
+    return (cfg.fusion.image_model, cfg.fusion.text_model)
+
+
+def _fold_features(job: FoldJob) -> dict[str, np.ndarray]:
+    from ..oof import load_fold, provenance
+
+    parts = []
+    for model in _upstream(job.cfg):
+        _, arrays = load_fold(job.cfg, job.comp, model, job.k, provenance(job.cfg, job.comp, model), features=True)
+        ids = job.comp.train["ImageID"].to_numpy(dtype=str)
+        if not np.array_equal(arrays["train_ids"], ids[job.train_idx]):
+            raise UserError(f"oof/{model}/fold{job.k}_features.npz: train rows do not line up; "
+                            f"run ./run.sh train models={model} fold={job.k} force=true")
+        parts.append(arrays)
+    return {part: np.concatenate([a[part] for a in parts], axis=1) for part in ("train", "val", "test")}
+
+
+def _head_args(cfg):
+    f = cfg.fusion
+    return dict(hidden=f.hidden, dropout=f.dropout)
+
+
+def run(job: FoldJob) -> FoldOutput:
+    cfg, f = job.cfg, job.cfg.fusion
+    x = _fold_features(job)
+    return train_head(job, x["train"], x["val"], x["test"], **_head_args(cfg),
+                      epochs=cfg.network_epochs(f.epochs), batch_size=cfg.network_batch(f.batch_size), lr=f.lr)
+
+
+def infer(job: FoldJob, frame, upstream):
+    """upstream: {model: (probs, features)} of the same fold for `frame`'s rows."""
+    x = np.concatenate([upstream[m][1] for m in _upstream(job.cfg)], axis=1)
+    return predict_head(job, load_head(job, x.shape[1], **_head_args(job.cfg)), x)
+
+
+SPEC = ModelSpec(name="fusion", kind="stack", sections=("fusion", "image", "text"), run=run, infer=infer,
+                 needs=_upstream)

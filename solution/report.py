@@ -1,0 +1,141 @@
+"""Stage 5: oof/report.md + report.json + figures, and a short console table.
+
+Every model and the blend get samples-F1 at 0.5, tuned in-sample and nested; micro/macro F1 and
+per-label precision/recall/F1/support at the tuned thresholds; and per-fold scores.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import log
+from .artefacts import atomic_path, write_json
+from .config import Config
+from .data import Competition
+from .labels import LABELS, NAMES
+from .metric import scores
+from .oof import collect_oof
+from .submit import load_blend, thresholds_of
+
+CURVE = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights: dict) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    names = [f"{label} {NAMES[label]}" for label in LABELS]
+    made = []
+
+    def save(fig, name):
+        with atomic_path(fig_dir / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        made.append(name)
+
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    width = 0.8 / len(entries)
+    for i, (name, entry) in enumerate(entries.items()):
+        f1 = [entry["per_label"][str(label)]["f1"] for label in LABELS]
+        ax.bar(np.arange(len(LABELS)) + i * width, f1, width, label=name)
+    ax.set_xticks(np.arange(len(LABELS)) + 0.4 - width / 2, names, rotation=60, ha="right")
+    ax.set_ylabel("F1 (tuned thresholds, OOF)")
+    ax.set_ylim(0, 1)
+    ax.legend(ncol=len(entries), fontsize=8)
+    ax.set_title("Per-label F1 per model and for the blend")
+    save(fig, "per_label_f1.png")
+
+    fig, axes = plt.subplots(3, 6, figsize=(15, 7), sharex=True, sharey=True)
+    for j, ax in enumerate(axes.flat):
+        truth = y[:, j].astype(bool)
+        f1 = []
+        for t in CURVE:
+            pred = blend_oof[:, j] >= t
+            tp = np.count_nonzero(pred & truth)
+            f1.append(2 * tp / max(pred.sum() + truth.sum(), 1))
+        ax.plot(CURVE, f1)
+        ax.axvline(entries["blend"]["thresholds"][str(LABELS[j])], color="red", lw=0.8)
+        ax.set_title(names[j], fontsize=8)
+    fig.suptitle("Blend: per-label F1 against threshold (red: tuned threshold)")
+    save(fig, "f1_vs_threshold.png")
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.bar(list(weights), list(weights.values()))
+    ax.set_ylabel("weight")
+    ax.set_title("Blend weights (Optuna, OOF)")
+    save(fig, "blend_weights.png")
+    return made
+
+
+def _entry(y, probs, thresholds, tuned: dict) -> dict:
+    s = scores(y, probs, thresholds)
+    return {"samples_f1_at_0.5": tuned["samples_f1_at_0.5"], "samples_f1_tuned": tuned["samples_f1_tuned"],
+            "samples_f1_nested": tuned["samples_f1_nested"], "micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"],
+            "per_label": s["per_label"], "per_fold": tuned["per_fold"]}
+
+
+def report(cfg: Config, comp: Competition) -> dict:
+    record, arrays = load_blend(cfg, comp)
+    models = {}
+    for model in record["models"]:
+        oof, _, metas = collect_oof(cfg, comp, model)
+        tuned = record["per_model"][model]
+        entry = _entry(comp.y, oof, np.array(tuned["thresholds"]), tuned)
+        for fold, meta in zip(entry["per_fold"], metas):
+            fold.update(best_epoch=meta["best_epoch"], early_stop_f1=meta["best_f1"])
+        models[model] = entry
+    blend = _entry(comp.y, arrays["oof"], thresholds_of(record), {**record["f1"], "per_fold": record["per_fold"]})
+    blend.update(weights=record["weights"], thresholds=record["thresholds"], blend=record["blend"])
+    out = {"models": models, "blend": blend}
+    write_json(cfg.out / "oof" / "report.json", out)
+    figures = _plots(cfg.out / "oof" / "figures", {**models, "blend": blend}, arrays["oof"], comp.y, record["weights"])
+    md = _markdown(cfg, out, figures)
+    with atomic_path(cfg.out / "oof" / "report.md") as tmp:
+        tmp.write_text(md, encoding="utf-8")
+    log.info("\n" + _table(out))
+    log.info(f"report: {cfg.out / 'oof' / 'report.md'} and report.json")
+    return out
+
+
+def _table(out: dict) -> str:
+    rows = [("model", "F1@0.5", "tuned", "nested", "optimism", "micro", "macro")]
+    for name, e in [*out["models"].items(), ("BLEND", out["blend"])]:
+        rows.append((name, *(f"{e[k]:.4f}" for k in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested")),
+                     f"{e['samples_f1_tuned'] - e['samples_f1_nested']:+.4f}", f"{e['micro_f1']:.4f}", f"{e['macro_f1']:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
+    b = out["blend"]
+    stop = (f"an inner {cfg.stop_fraction:.0%} of the training folds" if cfg.stop_fraction > 0
+            else "fold k itself (stop_fraction=0: OOF scores are slightly optimistic)")
+    lines = [
+        "# OOF report", "",
+        f"Expected leaderboard samples-F1 (nested CV): **{b['samples_f1_nested']:.4f}**. "
+        f"Tuning weights and thresholds on all OOF rows and scoring the same rows gives {b['samples_f1_tuned']:.4f}, "
+        f"which is optimistic by {b['samples_f1_tuned'] - b['samples_f1_nested']:+.4f}.", "",
+        f"Folds: {cfg.n_folds}, seed {cfg.seed}. Early stopping watched {stop}. Blend: {b['blend']}.", "",
+        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = Optuna weights and per-label thresholds fitted "
+        "and scored on all OOF rows (in-sample); nested = fitted on the other folds' OOF, scored on fold k, averaged. "
+        "Micro/macro and per-label figures use the in-sample tuned thresholds.", "",
+        "```", _table(out), "```", "",
+        "## Blend", "", "| model | weight |", "|---|---|",
+        *[f"| {m} | {w:.3f} |" for m, w in b["weights"].items()], "",
+        "| label | name | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|---|",
+        *[f"| {label} | {NAMES[label]} | {b['thresholds'][str(label)]:.2f} | {b['per_label'][str(label)]['precision']:.3f} | "
+          f"{b['per_label'][str(label)]['recall']:.3f} | {b['per_label'][str(label)]['f1']:.3f} | "
+          f"{b['per_label'][str(label)]['support']} |" for label in LABELS], "",
+        "## Per fold", "", "| model | " + " | ".join(f"fold {k}" for k in range(cfg.n_folds)) + " |",
+        "|---|" + "---|" * cfg.n_folds,
+        *[f"| {name} (nested) | " + " | ".join(f"{f['samples_f1_nested']:.4f}" for f in e["per_fold"]) + " |"
+          for name, e in [*out["models"].items(), ("blend", b)]], "",
+        "## Per label, per model (F1)", "", "| label | " + " | ".join(out["models"]) + " | blend |",
+        "|---|" + "---|" * (len(out["models"]) + 1),
+        *[f"| {label} {NAMES[label]} | " + " | ".join(f"{e['per_label'][str(label)]['f1']:.3f}"
+                                                       for e in [*out["models"].values(), b]) + " |" for label in LABELS], "",
+        "## Figures", "", *[f"![{f}](figures/{f})" for f in figures], "",
+    ]
+    return "\n".join(lines)

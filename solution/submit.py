@@ -1,0 +1,62 @@
+"""Stage 4: submissions/submission.csv from the tuned blend, validated before it is written."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from . import log
+from .artefacts import check_provenance, load_arrays, read_json
+from .config import Config
+from .csvio import write_table
+from .data import Competition
+from .errors import UserError
+from .labels import LABELS, decode
+from .metric import binarize
+from .oof import collect_oof
+from .tune import blend_models, check_blend_fresh
+
+
+def load_blend(cfg: Config, comp: Competition) -> tuple[dict, dict]:
+    path = cfg.out / "oof" / "blend.json"
+    if not path.exists():
+        raise UserError(f"{path} is missing; run ./run.sh tune first")
+    for model in blend_models(cfg):  # names the first missing or stale fold, if any
+        collect_oof(cfg, comp, model)
+    record = read_json(path)
+    if record["models"] != blend_models(cfg):
+        raise UserError(f"{path} blends {','.join(record['models'])}, this run selects "
+                        f"{','.join(blend_models(cfg))}; rerun ./run.sh tune with the same models=")
+    check_blend_fresh(cfg, comp, record)
+    meta, arrays = load_arrays(cfg.out / "oof" / "blend.npz")
+    check_provenance(cfg.out / "oof" / "blend.npz", meta, record["provenance"], "./run.sh tune")
+    return record, arrays
+
+
+def thresholds_of(record: dict) -> np.ndarray:
+    return np.array([record["thresholds"][str(label)] for label in LABELS], dtype=np.float32)
+
+
+def write_submission(cfg: Config, comp: Competition, test_ids: np.ndarray, probs: np.ndarray, record: dict) -> None:
+    """Validate (rows, order, at least one known label each) and write submission.csv plus a stamped copy."""
+    expected = comp.test["ImageID"].to_numpy(dtype=str)
+    if len(test_ids) != len(expected) or not np.array_equal(test_ids, expected):
+        raise UserError("test predictions do not match test.csv row for row; rerun ./run.sh tune")
+    labels = decode(binarize(probs, thresholds_of(record)))
+    allowed = set(map(str, LABELS))
+    for image_id, text in zip(expected, labels):
+        if not text or not set(text.split()) <= allowed:
+            raise UserError(f"submission row {image_id} has labels '{text}'; refusing to write it")
+    rows = list(zip(expected, labels))
+    out = cfg.out / "submissions"
+    write_table(out / "submission.csv", ("ImageID", "Labels"), rows)
+    stamp = f"submission-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.full_hash()}.csv"
+    write_table(out / stamp, ("ImageID", "Labels"), rows)
+    counts = np.array([len(t.split()) for t in labels])
+    log.info(f"submit: wrote {out / 'submission.csv'} ({len(rows)} rows, {counts.mean():.2f} labels per image; "
+             f"copy {stamp}); expected leaderboard samples-F1 (nested CV) {record['f1']['samples_f1_nested']:.4f}")
+
+
+def submit(cfg: Config, comp: Competition) -> None:
+    record, arrays = load_blend(cfg, comp)
+    write_submission(cfg, comp, arrays["test_ids"], arrays["test"], record)

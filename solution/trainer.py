@@ -1,0 +1,251 @@
+"""The one training loop for every network: AMP, early stopping on samples-F1, resumable checkpoints.
+
+A network here is an nn.Module with `embed(*inputs) -> features` and `head(features) -> logits`; the
+loaders yield `(inputs_tuple, targets)`. Each epoch ends with `last.pt` (everything needed to resume
+after a kill) and, on improvement, `best.pt` (weights used for prediction).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import log
+from .artefacts import atomic_path
+from .context import FoldJob
+from .errors import UserError
+from .metric import samples_f1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device=cuda but torch sees no CUDA GPU; use device=auto or device=cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """bf16 on GPUs that have it, fp16 (with a grad scaler) on older ones, full precision on the CPU."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [torch.from_numpy(state[1].astype(np.int64)), int(state[2]), int(state[3]), float(state[4])],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to(inputs, device, channels_last: bool):
+    out = []
+    for x in inputs:
+        x = x.to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out.append(x)
+    return out
+
+
+def save_checkpoint(path, obj: dict) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class FitResult:
+    best_f1: float
+    best_epoch: int
+    history: list
+
+
+def _make_optimizer(cfg, param_groups):
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(param_groups, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(cfg, optimizer, epochs: int):
+    if cfg.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=0.0)
+    if cfg.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.3)
+    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
+
+
+@torch.no_grad()
+def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False,
+            desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and pooled features for every row of `loader`, in loader order."""
+    net.to(device).eval()
+    channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
+    dtype = autocast_dtype(device)
+    probs, feats = [], []
+    for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+        inputs = _to(inputs, device, channels_last)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            f = net.embed(*inputs).float()
+            p = torch.sigmoid(net.head(f).float())
+            if tta_flip:
+                f2 = net.embed(*[x.flip(-1) for x in inputs]).float()
+                p = (p + torch.sigmoid(net.head(f2).float())) / 2
+                f = (f + f2) / 2
+        probs.append(p.cpu().numpy())
+        feats.append(f.cpu().numpy())
+    return np.concatenate(probs), np.concatenate(feats).astype(np.float32)
+
+
+def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
+        loss_fn: nn.Module, epochs: int, reseed) -> FitResult:
+    """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches."""
+    cfg = job.cfg
+    device = resolve_device(cfg.device)
+    net.to(device)
+    channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn.to(device)
+    dtype = autocast_dtype(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    optimizer = _make_optimizer(cfg, param_groups)
+    scheduler = _make_scheduler(cfg, optimizer, epochs)
+    last_path, best_path = job.ckpt_dir / "last.pt", job.ckpt_dir / "best.pt"
+    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    if last_path.exists():
+        ckpt = load_checkpoint(last_path)
+        if ckpt.get("provenance") == job.provenance:
+            net.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            scheduler.load_state_dict(ckpt["scheduler"])
+            scaler.load_state_dict(ckpt["scaler"])
+            _set_rng_state(ckpt["rng"])
+            state = {k: ckpt[k] for k in state}
+            log.info(f"{job.label}: resuming after epoch {state['epoch']} from {last_path}")
+        else:
+            log.info(f"{job.label}: {last_path} is from other data or settings; starting over")
+    n_train = len(train_loader.dataset)
+    for epoch in range(state["epoch"] + 1, epochs + 1):
+        if state["bad_epochs"] >= cfg.patience:
+            break
+        reseed(cfg.seed * 1000 + job.k * 100 + epoch)
+        net.train()
+        start, seen, total_loss = time.time(), 0, 0.0
+        bar = tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit="img", dynamic_ncols=True, leave=False)
+        for step, (inputs, target) in enumerate(train_loader, start=1):
+            inputs = _to(inputs, device, channels_last)
+            target = target.to(device, non_blocking=True).float()
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = net.head(net.embed(*inputs))
+            loss = loss_fn(logits.float(), target)
+            if not torch.isfinite(loss):
+                bar.close()
+                raise UserError(f"{job.label}: loss is {loss.item()} at epoch {epoch} step {step}; "
+                                "lower the learning rate or check the inputs")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            seen += len(target)
+            total_loss += loss.item() * len(target)
+            bar.update(len(target))
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+        bar.close()
+        train_seconds = time.time() - start
+        probs, _ = predict(net, stop_loader, device, desc=f"{job.label} validate")
+        y = torch.from_numpy(y_stop.astype(np.float32))
+        val_loss = float(loss_fn.cpu()(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)), y))
+        loss_fn.to(device)
+        val_f1 = samples_f1(y_stop, probs)
+        lr = optimizer.param_groups[-1]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(val_f1)
+        else:
+            scheduler.step()
+        improved = val_f1 > state["best_f1"]
+        state["epoch"] = epoch
+        if improved:
+            state.update(best_f1=val_f1, best_epoch=epoch, bad_epochs=0)
+            save_checkpoint(best_path, {"model": net.state_dict(), "provenance": job.provenance,
+                                        "epoch": epoch, "val_f1": val_f1})
+        else:
+            state["bad_epochs"] += 1
+        seconds = time.time() - start
+        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss, "val_f1": val_f1,
+               "lr": lr, "seconds": seconds, "train_per_s": seen / max(train_seconds, 1e-9)}
+        state["history"].append(row)
+        log.info(f"{job.label} epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
+                 f"val_f1 {val_f1:.4f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:.1f}s  "
+                 f"{row['train_per_s']:.0f} samples/s")
+        save_checkpoint(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                    "rng": _rng_state(), "provenance": job.provenance, **state})
+        if state["bad_epochs"] >= cfg.patience:
+            log.info(f"{job.label}: early stop after epoch {epoch}, best val_f1 {state['best_f1']:.4f} "
+                     f"at epoch {state['best_epoch']}")
+    if not best_path.exists():
+        raise UserError(f"{job.label}: no epoch finished (epochs={epochs}); set epochs>=1")
+    net.load_state_dict(load_checkpoint(best_path)["model"])
+    if math.isnan(state["best_f1"]):
+        raise UserError(f"{job.label}: validation F1 is NaN; check the inputs")
+    return FitResult(state["best_f1"], state["best_epoch"], state["history"])
+
+
+def make_loader(dataset, batch_size: int, cfg, shuffle: bool):
+    """A DataLoader with the speed settings (workers, pinned memory, persistent workers) and a reseed hook.
+
+    Returns (loader, reseed); calling reseed(s) makes the next epoch's shuffle and worker seeds depend
+    only on s, so a resumed run sees the same batches as an uninterrupted one.
+    """
+    generator = torch.Generator().manual_seed(cfg.seed)
+    workers = cfg.num_workers
+    cuda = resolve_device(cfg.device).type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=cuda,
+        persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        drop_last=shuffle and len(dataset) > batch_size, generator=generator)
+    return loader, generator.manual_seed
+
+
+class ArrayRows(torch.utils.data.Dataset):
+    """Rows of in-memory arrays: yields ((a[i], b[i], ...), y[i]); y may be None for unlabelled rows."""
+
+    def __init__(self, arrays: list[np.ndarray], y: np.ndarray | None):
+        self.arrays = [torch.as_tensor(a) for a in arrays]
+        n = len(self.arrays[0])
+        self.y = torch.as_tensor(y if y is not None else np.zeros((n, 18), np.float32)).float()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return tuple(a[i] for a in self.arrays), self.y[i]

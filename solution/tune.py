@@ -1,0 +1,188 @@
+"""Stage 3: blend weights and per-label thresholds by Optuna on OOF, and the honest nested-CV score.
+
+In-sample tuning fits weights and thresholds on all OOF rows and scores them on the same rows, which
+is optimistic. The nested score fits them on the other folds' OOF, applies them to fold k, and
+averages over folds: no weight or threshold is ever scored on a row it was fitted on.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import optuna
+
+from . import log
+from .artefacts import save_arrays, write_json
+from .config import Config
+from .data import Competition
+from .errors import UserError
+from .folds import folds_hash, read_folds
+from .labels import LABELS, N_LABELS
+from .metric import samples_f1
+from .oof import collect_oof, provenance
+
+GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
+
+
+@dataclass
+class Tuned:
+    weights: np.ndarray  # one per model, summing to 1
+    global_threshold: float
+    thresholds: np.ndarray  # one per label
+
+
+def rank_transform(oof: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per label, each probability -> the share of OOF probabilities at or below it (test uses the OOF scale)."""
+    out_oof, out_test = np.empty_like(oof), np.empty_like(test)
+    for j in range(oof.shape[1]):
+        ref = np.sort(oof[:, j])
+        out_oof[:, j] = np.searchsorted(ref, oof[:, j], side="right") / len(ref)
+        out_test[:, j] = np.searchsorted(ref, test[:, j], side="right") / len(ref)
+    return out_oof, out_test
+
+
+def combine(stack: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """stack: (models, rows, labels) -> weighted mean (rows, labels)."""
+    return np.tensordot(weights / weights.sum(), stack, axes=1).astype(np.float32)
+
+
+def best_global_threshold(y: np.ndarray, probs: np.ndarray) -> tuple[float, float]:
+    scores = [samples_f1(y, probs, t) for t in GRID]
+    i = int(np.argmax(scores))
+    return float(GRID[i]), float(scores[i])
+
+
+def _sampler(seed: int) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
+
+
+def tune_weights(stack: np.ndarray, y: np.ndarray, trials: int, seed: int) -> np.ndarray:
+    """Optuna TPE over non-negative model weights; each trial is scored at its best global threshold."""
+    n = stack.shape[0]
+    if n == 1:
+        return np.ones(1)
+    study = optuna.create_study(direction="maximize", sampler=_sampler(seed))
+    study.enqueue_trial({f"w{m}": 1.0 for m in range(n)})  # the plain mean is always a candidate
+
+    def objective(trial):
+        w = np.array([trial.suggest_float(f"w{m}", 0.0, 1.0) for m in range(n)])
+        if w.sum() <= 0:
+            return 0.0
+        return best_global_threshold(y, combine(stack, w))[1]
+
+    study.optimize(objective, n_trials=trials)
+    w = np.array([study.best_params[f"w{m}"] for m in range(n)])
+    return w / w.sum()
+
+
+def tune_thresholds(y: np.ndarray, probs: np.ndarray, trials: int, seed: int, start: float) -> np.ndarray:
+    """Per-label thresholds by Optuna, one label at a time with the others held, from the global best.
+
+    A label's threshold is kept only if it raises samples-F1, so the result never scores below `start`.
+    """
+    thresholds = np.full(N_LABELS, start, dtype=np.float32)
+    best = samples_f1(y, probs, thresholds)
+    for j in range(N_LABELS):
+        study = optuna.create_study(direction="maximize", sampler=_sampler(seed + j))
+        study.enqueue_trial({"t": float(start)})
+
+        def objective(trial, j=j):
+            trial_thr = thresholds.copy()
+            trial_thr[j] = trial.suggest_float("t", 0.02, 0.95)
+            return samples_f1(y, probs, trial_thr)
+
+        study.optimize(objective, n_trials=trials)
+        if study.best_value > best:
+            best, thresholds[j] = study.best_value, study.best_params["t"]
+    return thresholds
+
+
+def fit_tuning(stack: np.ndarray, y: np.ndarray, cfg: Config) -> Tuned:
+    weights = tune_weights(stack, y, cfg.tune.trials, cfg.seed)
+    blend = combine(stack, weights)
+    t0, _ = best_global_threshold(y, blend)
+    return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0))
+
+
+def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Config) -> dict:
+    """At-0.5, in-sample tuned and nested scores of one blend (a single model is a blend of one)."""
+    tuned = fit_tuning(stack, y, cfg)
+    blend = combine(stack, tuned.weights)
+    plain = combine(stack, np.ones(len(stack)))
+    per_fold = []
+    for k in range(cfg.n_folds):
+        fit_rows, held = fold_of_row != k, fold_of_row == k
+        inner = fit_tuning(stack[:, fit_rows], y[fit_rows], cfg)
+        held_blend = combine(stack[:, held], inner.weights)
+        per_fold.append({"fold": k, "samples_f1_at_0.5": samples_f1(y[held], plain[held]),
+                         "samples_f1_tuned": samples_f1(y[held], blend[held], tuned.thresholds),
+                         "samples_f1_nested": samples_f1(y[held], held_blend, inner.thresholds),
+                         "weights": inner.weights.round(4).tolist()})
+    return {
+        "samples_f1_at_0.5": samples_f1(y, plain),
+        "samples_f1_global": samples_f1(y, blend, tuned.global_threshold),
+        "samples_f1_tuned": samples_f1(y, blend, tuned.thresholds),
+        "samples_f1_nested": float(np.mean([f["samples_f1_nested"] for f in per_fold])),
+        "global_threshold": tuned.global_threshold,
+        "weights": tuned.weights, "thresholds": tuned.thresholds, "per_fold": per_fold,
+    }
+
+
+def blend_models(cfg: Config) -> list[str]:
+    return cfg.tune.models or [m for m in cfg.models]
+
+
+def tune(cfg: Config, comp: Competition) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    models = blend_models(cfg)
+    fold_of_row = read_folds(cfg, comp)
+    oofs, tests = {}, {}
+    for model in models:
+        oofs[model], tests[model], _ = collect_oof(cfg, comp, model)
+    if cfg.tune.blend == "rank":
+        for model in models:
+            oofs[model], tests[model] = rank_transform(oofs[model], tests[model])
+    start = time.time()
+    results = {}
+    for model in models:
+        results[model] = evaluate(oofs[model][None], comp.y, fold_of_row, cfg)
+        log.info(f"tune {model}: samples-F1 at 0.5 {results[model]['samples_f1_at_0.5']:.4f}  "
+                 f"tuned {results[model]['samples_f1_tuned']:.4f}  nested {results[model]['samples_f1_nested']:.4f}")
+    stack = np.stack([oofs[m] for m in models])
+    blend = evaluate(stack, comp.y, fold_of_row, cfg)
+    seconds = time.time() - start
+    weights = dict(zip(models, blend["weights"].round(4).tolist()))
+    thresholds = {str(label): round(float(t), 4) for label, t in zip(LABELS, blend["thresholds"])}
+    log.info(f"tune blend ({cfg.tune.blend}) of {', '.join(models)}: weights {weights}")
+    log.info(f"tune blend: samples-F1 at 0.5 {blend['samples_f1_at_0.5']:.4f}  global threshold "
+             f"{blend['global_threshold']:.2f} -> {blend['samples_f1_global']:.4f}  per-label "
+             f"{blend['samples_f1_tuned']:.4f} (in-sample)  nested {blend['samples_f1_nested']:.4f} "
+             f"(expected leaderboard score)  [{seconds:.1f}s]")
+    record = {
+        "blend": cfg.tune.blend, "models": models, "weights": weights, "thresholds": thresholds,
+        "global_threshold": blend["global_threshold"],
+        "f1": {k: blend[k] for k in ("samples_f1_at_0.5", "samples_f1_global", "samples_f1_tuned", "samples_f1_nested")},
+        "per_fold": blend["per_fold"],
+        "per_model": {m: {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+                      for m, r in results.items()},
+        "provenance": {"data": comp.fingerprint, "folds": folds_hash(cfg),
+                       "models": {m: provenance(cfg, comp, m)["config"] for m in models}},
+        "seconds": seconds,
+    }
+    final_oof = combine(stack, blend["weights"])
+    final_test = combine(np.stack([tests[m] for m in models]), blend["weights"])
+    save_arrays(cfg.out / "oof" / "blend.npz", record["provenance"], oof_ids=comp.train["ImageID"].to_numpy(dtype=str),
+                oof=final_oof, test_ids=comp.test["ImageID"].to_numpy(dtype=str), test=final_test)
+    write_json(cfg.out / "oof" / "blend.json", record)
+    return record
+
+
+def check_blend_fresh(cfg: Config, comp: Competition, record: dict) -> None:
+    """Refuse a blend made from other data, folds or model settings than the current run's."""
+    want = {"data": comp.fingerprint, "folds": folds_hash(cfg),
+            "models": {m: provenance(cfg, comp, m)["config"] for m in record.get("models", [])}}
+    for key in ("data", "folds", "models"):
+        if record.get("provenance", {}).get(key) != want[key]:
+            raise UserError(f"{cfg.out / 'oof' / 'blend.json'} is stale (its {key} differ from the current run); "
+                            "rerun ./run.sh tune")
