@@ -19,6 +19,7 @@ COMMANDS = {
     "demo": "make a synthetic dataset under demo/ and run 'all' on it",
     "test": "run the test suite (pytest)",
     "bench": "measure image-model throughput and write BENCHMARKS.md",
+    "holdout": "hold back a stratified share of train.csv, run 'all' on the rest, score it: checks the nested estimate",
 }
 
 
@@ -39,14 +40,16 @@ def _check_writable(cfg) -> None:
 
 
 def run(command: str, overrides: list[str]) -> None:
-    from .data import load_competition
-
     if command == "demo":
         from .demo import DEMO_DEFAULTS
 
         overrides = DEMO_DEFAULTS + overrides
     cfg = build_config(overrides)
     _check_writable(cfg)
+    from .data import load_competition  # here, not above: a bad key= fails without importing pandas
+
+    # Bad data fails here, before anything is logged, so the user sees the one error line alone.
+    comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo") else None
     log_path = log.setup(cfg.out / "logs", command)
     log.info(f"{command}: resolved config\n{json.dumps(cfg.to_dict(), indent=None, default=str)}")
     save_config(cfg, cfg.out / "logs" / f"{log_path.stem if log_path else command}.config.json")
@@ -64,37 +67,42 @@ def run(command: str, overrides: list[str]) -> None:
         if not (cfg.data / "train.csv").exists():
             log.info(f"demo: writing a synthetic dataset to {cfg.data}")
             make_dataset(cfg.data)
-    comp = load_competition(cfg.data_dir, cfg.limit)
+        comp = load_competition(cfg.data_dir, cfg.limit)
     for name, lines in comp.repaired.items():
         if lines:
             log.info(f"{name}: repaired the quoting of {len(lines)} row(s) at line(s) {', '.join(map(str, lines[:20]))}")
     log.info(f"data: {len(comp.train)} train rows, {len(comp.test)} test rows from {cfg.data}")
-    steps = ["train", "tune", "submit", "report"] if command in ("all", "demo") else [command]
-    for step in steps:
-        if step == "train":
-            from .train import train
+    if command == "holdout":
+        from .holdout import run_holdout
 
-            train(cfg, comp)
-        elif step == "tune":
-            from .tune import tune
-
-            tune(cfg, comp)
-        elif step == "submit":
-            from .submit import submit
-
-            submit(cfg, comp)
-        elif step == "report":
-            from .report import report
-
-            report(cfg, comp)
+        return run_holdout(cfg, comp, run_all)
     if command in ("all", "demo"):
-        log.info(f"done: submission {cfg.out / 'submissions' / 'submission.csv'}; report {cfg.out / 'oof' / 'report.md'}")
+        return run_all(cfg, comp)
+    run_stage(command, cfg, comp)
+
+
+def run_stage(name: str, cfg, comp) -> None:
+    """Stage <name> is the function <name>(cfg, comp) of solution/<name>.py, imported only when used."""
+    from importlib import import_module
+
+    getattr(import_module(f"{__package__}.{name}"), name)(cfg, comp)
+
+
+def run_all(cfg, comp) -> None:
+    for name in ("train", "tune", "submit", "report"):
+        run_stage(name, cfg, comp)
+    log.info(f"done: submission {cfg.out / 'submissions' / 'submission.csv'}; report {cfg.out / 'oof' / 'report.md'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
-        print(usage())
+        try:
+            print(usage(), flush=True)
+        except BrokenPipeError:  # `--help | head`: no traceback, and none at exit when stdout is flushed
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     command = argv.pop(0) if argv and "=" not in argv[0] else "train"
     if command not in COMMANDS or command == "test":
@@ -103,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(command, argv)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
         return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)

@@ -78,10 +78,16 @@ class TuneConfig:
 
 
 @dataclass
+class BenchConfig:
+    images: int = _opt(0, "synthetic 640x480 JPEGs per measurement (0 = 2048 on a GPU, 64 on the CPU)")
+    file: str = _opt("BENCHMARKS.md", "where the figures are appended")
+
+
+@dataclass
 class Config:
     data_dir: str = _opt("input", "folder with train.csv, test.csv and data/<ImageID>")
     out_dir: str = _opt(".", "where folds/, oof/, submissions/, checkpoints/, logs/ and cache/ go")
-    fold: list = _opt_factory(lambda: [0, 1, 2, 3, 4], "folds to train: 3, 0,2,4 or 0..4")
+    fold: list = _opt_factory(lambda: [0, 1, 2, 3, 4], "folds to train: 3, 0,2,4 or 0..4 (default: every fold of n_folds)")
     n_folds: int = _opt(5, "number of stratified folds")
     seed: int = _opt(42, "seed for folds, weights, shuffling and Optuna")
     models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"], "comma list of registered models")
@@ -101,10 +107,12 @@ class Config:
     force: bool = _opt(False, "retrain folds that are already finished")
     on_bad_image: str = _opt("error", "a missing/undecodable image stops the run, or is skipped and listed", ("error", "skip"))
     limit: int = _opt(0, "use only the first N train and test rows (0 = all); for quick trials")
+    holdout_fraction: float = _opt(0.2, "share of train.csv the holdout command sets aside as a labelled test set")
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
 
     # ---- derived paths -------------------------------------------------------------------------
     @property
@@ -203,6 +211,7 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
     """Apply `key=value` overrides to the defaults; any unknown key or bad value is a UserError."""
     cfg = base or Config()
     known = {k: (f, hint) for k, f, hint, _ in iter_keys(cfg)}
+    fold_given = False
     for item in overrides:
         if "=" not in item:
             raise UserError(f"'{item}' is not key=value; see ./run.sh --help for the keys")
@@ -213,6 +222,7 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise UserError(f"unknown key '{key}'{hint}; ./run.sh --help lists every key")
         f, hint = known[key]
+        fold_given = fold_given or key == "fold"
         try:
             value = _convert(key, raw, hint, f.metadata.get("choices"))
         except ValueError:
@@ -222,24 +232,47 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
         for p in path:
             target = getattr(target, p)
         setattr(target, leaf, value)
+    if not fold_given and base is None:
+        cfg.fold = list(range(cfg.n_folds))  # the default is every fold, whatever n_folds is
     validate(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    from .models import REGISTRY  # late import: models import config
+# The names models.REGISTRY registers, so a config can be checked without importing torch (a test keeps
+# the two in step); a name missing here is still looked up in the real registry before it is refused.
+MODEL_NAMES = ("resnet50", "bilstm", "tfidf", "minilm", "fusion")
 
+# Smallest allowed value of each numeric setting that has one (None-able keys are checked when set).
+_MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "patience": 0, "epochs": 1, "batch_size": 1,
+            "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
+            "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
+            "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
+            "tune.trials": 1, "tune.threshold_trials": 1}
+_FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 1)
+
+
+def validate(cfg: Config) -> None:
+    for key, low in _MINIMUM.items():
+        value = _get(cfg, key)
+        if value is not None and value < low:
+            raise UserError(f"bad value for {key}: {value}; allowed: an integer >= {low}")
+    for key in _FRACTIONS:
+        if not 0 <= _get(cfg, key) < 1:
+            raise UserError(f"bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
     if cfg.n_folds < 2:
         raise UserError(f"bad value for n_folds: {cfg.n_folds}; allowed: an integer >= 2")
     bad = [k for k in cfg.fold if not 0 <= k < cfg.n_folds]
     if bad:
         raise UserError(f"bad value for fold: {bad[0]}; allowed: 0..{cfg.n_folds - 1} (n_folds={cfg.n_folds})")
+    if not cfg.models:
+        raise UserError(f"bad value for models: ''; allowed: a comma list of {', '.join(MODEL_NAMES)}")
     for key, names in (("models", cfg.models), ("tune.models", cfg.tune.models)):
-        unknown = [m for m in names if m not in REGISTRY]
-        if unknown:
-            raise UserError(f"bad value for {key}: '{unknown[0]}'; allowed: {', '.join(REGISTRY)}")
-    if key_positive := [k for k in ("image.size", "text.max_len", "num_workers") if _get(cfg, k) < (0 if k == "num_workers" else 1)]:
-        raise UserError(f"bad value for {key_positive[0]}: {_get(cfg, key_positive[0])}; allowed: a positive integer")
+        if any(m not in MODEL_NAMES for m in names):
+            from .models import REGISTRY  # late import (torch): models import config
+
+            unknown = [m for m in names if m not in REGISTRY]
+            if unknown:
+                raise UserError(f"bad value for {key}: '{unknown[0]}'; allowed: {', '.join(REGISTRY)}")
 
 
 def _get(cfg: Config, key: str):

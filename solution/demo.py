@@ -84,7 +84,7 @@ def _caption(rng, labels: list[int], p_named: float) -> str:
     return text
 
 
-def make_dataset(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0,
+def make_dataset(root: Path, n_train: int = 1000, n_test: int = 300, seed: int = 0,
                  size: tuple[int, int] = (160, 120), p_drawn: float = 0.8, p_named: float = 0.55,
                  images: bool = True) -> Path:
     """Write train.csv, test.csv (CRLF, like the real files) and data/<id>.jpg under root."""
@@ -109,6 +109,7 @@ def make_dataset(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 
 
 # The demo's own defaults: a small backbone from random weights, so it runs on a laptop CPU in minutes.
 DEMO_DEFAULTS = ["data_dir=demo/data", "out_dir=demo", "models=resnet50,bilstm,tfidf,minilm,fusion",
-                 "image.model=resnet18", "image.size=64", "image.pretrained=false", "image.epochs=8",
-                 "image.batch_size=32", "image.lr=2e-3", "image.backbone_lr_mult=1.0", "text.epochs=15",
-                 "fusion.epochs=30", "patience=3", "num_workers=0", "tune.trials=60", "tune.threshold_trials=15"]
+                 "image.model=test_resnet", "image.size=64", "image.pretrained=false", "image.epochs=14",
+                 "image.batch_size=32", "image.lr=3e-3", "image.backbone_lr_mult=1.0", "text.epochs=20",
+                 "text.batch_size=32", "fusion.epochs=30", "fusion.batch_size=64", "patience=4", "num_workers=0",
+                 "tune.trials=60", "tune.threshold_trials=15"]

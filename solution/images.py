@@ -27,9 +27,11 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Apply EXIF orientation and convert any mode (L, P, CMYK, RGBA, LA, I;16, F) to RGB."""
     img = ImageOps.exif_transpose(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
-        hi = float(arr.max()) or 1.0
-        img = Image.fromarray((arr * (255.0 / hi)).clip(0, 255).astype(np.uint8), "L")
+        # A fixed scale (16-bit -> 8-bit), not the image's own maximum: a dark image must stay dark.
+        arr = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        hi = 255.0 if img.mode in ("I", "F") and arr.max() <= 255 else 65535.0
+        hi = max(hi, float(arr.max()))  # wider-range I/F images: their maximum maps to white
+        img = Image.fromarray((arr * (255.0 / hi)).round().clip(0, 255).astype(np.uint8), "L")
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -106,8 +108,8 @@ class ImageStore:
             label = "caching images" if self.cache_dir is not None else "checking images"
             jobs = [(str(p), side) for p in todo]
             chunk = max(1, min(64, len(jobs) // (4 * max(workers, 1)) or 1))
-            results = (map(_decode_job, jobs) if workers <= 1 else
-                       ProcessPoolExecutor(workers).map(_decode_job, jobs, chunksize=chunk))
+            pool = ProcessPoolExecutor(workers) if workers > 1 else None
+            results = (map(_decode_job, jobs) if pool is None else pool.map(_decode_job, jobs, chunksize=chunk))
             bin_fh = None
             if self.cache_dir is not None:
                 self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -127,6 +129,8 @@ class ImageStore:
                 if bin_fh is not None:
                     self._flush(bin_fh)
                     bin_fh.close()
+                if pool is not None:
+                    pool.shutdown(cancel_futures=True)
         if bad and not skip_bad:
             first = bad[0]
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

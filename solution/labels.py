@@ -21,7 +21,7 @@ def parse_labels(field: str) -> list[int]:
         raise ValueError("empty label field")
     out = []
     for tok in tokens:
-        if not tok.isdigit() or int(tok) not in _INDEX:
+        if not (tok.isascii() and tok.isdigit()) or int(tok) not in _INDEX:  # '²'.isdigit() but int('²') fails
             raise ValueError(f"label '{tok}' is not one of {' '.join(map(str, LABELS))}")
         out.append(int(tok))
     return out

@@ -9,6 +9,8 @@ from .labels import LABELS
 def binarize(probs: np.ndarray, thresholds=0.5) -> np.ndarray:
     """Threshold per label; a row with no label above its threshold gets its top-scoring label."""
     probs = np.asarray(probs)
+    if not np.issubdtype(probs.dtype, np.floating):  # 0/1 ints: a threshold cast to int would be 0
+        probs = probs.astype(np.float32)
     pred = probs >= np.asarray(thresholds, dtype=probs.dtype)
     empty = ~pred.any(axis=1)
     if empty.any():

@@ -1,6 +1,7 @@
 """The on-disk contract between training and everything after it: oof/<model>/fold<k>*.npz.
 
 fold<k>.npz          val_ids, val_probs (fold k rows), test_ids, test_probs; meta: provenance, best F1/epoch
+fold<k>.json         the same meta, readable: early-stopping F1 and epoch, OOF F1, per-epoch history
 fold<k>_features.npz train_ids/train, val_ids/val, test_ids/test pooled features (networks only)
 Every file carries its ImageIDs and provenance, and every reader checks both.
 """
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .artefacts import check_provenance, load_arrays, save_arrays
+from .artefacts import check_provenance, load_arrays, save_arrays, write_json
 from .config import Config
 from .errors import UserError
 from .folds import folds_hash, read_folds
+from .metric import samples_f1
 from .models import REGISTRY, TRAINING_KEYS, FoldOutput
 
 
@@ -39,7 +41,8 @@ def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: F
                     train_ids=ids[train_idx], train=out.features["train"], val_ids=ids[val_idx],
                     val=out.features["val"], test_ids=test_ids, test=out.features["test"])
     meta = {**prov, "model": model, "fold": k, "best_f1": out.best_f1, "best_epoch": out.best_epoch,
-            "history": out.history}
+            "oof_samples_f1_at_0.5": samples_f1(comp.y[val_idx], out.val_probs), "history": out.history}
+    write_json(oof_path(cfg, model, k).with_suffix(".json"), meta)  # for people; stages read the .npz
     save_arrays(oof_path(cfg, model, k), meta, val_ids=ids[val_idx], val_probs=out.val_probs.astype(np.float32),
                 test_ids=test_ids, test_probs=out.test_probs.astype(np.float32))
 

@@ -58,8 +58,8 @@ def train(cfg: Config, comp: Competition) -> None:
             start = time.time()
             out = spec.run(job)
             save_fold(cfg, comp, model, k, job.val_idx, out, prov, job.train_idx)
-            log.info(f"{job.label}: OOF samples-F1 at 0.5 = {samples_f1(comp.y[job.val_idx], out.val_probs):.4f} "
-                     f"on {len(job.val_idx)} rows ({time.time() - start:.0f}s)")
+            log.info(f"{job.label}: fold {k} samples-F1 at 0.5 = {samples_f1(comp.y[job.val_idx], out.val_probs):.4f} "
+                     f"on its {len(job.val_idx)} unseen rows ({time.time() - start:.0f}s)")
     for model in order:
         prov = provenance(cfg, comp, model)
         if all(fold_done(cfg, comp, model, k, prov) for k in range(cfg.n_folds)):

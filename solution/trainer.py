@@ -122,8 +122,30 @@ def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False
     return np.concatenate(probs), np.concatenate(feats).astype(np.float32)
 
 
+def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_clip: float,
+               device: torch.device) -> torch.Tensor:
+    """One optimiser step under autocast; returns the loss (the step is skipped when it is not finite)."""
+    channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
+    inputs = _to(inputs, device, channels_last)
+    target = target.to(device, non_blocking=True).float()
+    dtype = autocast_dtype(device)
+    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        logits = net.head(net.embed(*inputs))
+    loss = loss_fn(logits.float(), target)
+    if not torch.isfinite(loss):
+        return loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if grad_clip > 0:
+        scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
-        loss_fn: nn.Module, epochs: int, reseed) -> FitResult:
+        loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows") -> FitResult:
     """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches."""
     cfg = job.cfg
     device = resolve_device(cfg.device)
@@ -157,24 +179,13 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         reseed(cfg.seed * 1000 + job.k * 100 + epoch)
         net.train()
         start, seen, total_loss = time.time(), 0, 0.0
-        bar = tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit="img", dynamic_ncols=True, leave=False)
+        bar = tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True, leave=False)
         for step, (inputs, target) in enumerate(train_loader, start=1):
-            inputs = _to(inputs, device, channels_last)
-            target = target.to(device, non_blocking=True).float()
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = net.head(net.embed(*inputs))
-            loss = loss_fn(logits.float(), target)
+            loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device)
             if not torch.isfinite(loss):
                 bar.close()
                 raise UserError(f"{job.label}: loss is {loss.item()} at epoch {epoch} step {step}; "
                                 "lower the learning rate or check the inputs")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
             seen += len(target)
             total_loss += loss.item() * len(target)
             bar.update(len(target))
@@ -205,7 +216,7 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         state["history"].append(row)
         log.info(f"{job.label} epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                  f"val_f1 {val_f1:.4f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:.1f}s  "
-                 f"{row['train_per_s']:.0f} samples/s")
+                 f"{row['train_per_s']:.0f} {unit}/s")
         save_checkpoint(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
                                     "rng": _rng_state(), "provenance": job.provenance, **state})
@@ -227,13 +238,19 @@ def make_loader(dataset, batch_size: int, cfg, shuffle: bool):
     only on s, so a resumed run sees the same batches as an uninterrupted one.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
-    workers = cfg.num_workers
+    in_memory = isinstance(dataset, ArrayRows)  # whole batches by one index: worker processes only cost
+    workers = 0 if in_memory else cfg.num_workers
     cuda = resolve_device(cfg.device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=cuda,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
-        drop_last=shuffle and len(dataset) > batch_size, generator=generator)
+        drop_last=shuffle and len(dataset) > batch_size, generator=generator,
+        collate_fn=_batch_as_is if in_memory else None)
     return loader, generator.manual_seed
+
+
+def _batch_as_is(batch):
+    return batch
 
 
 class ArrayRows(torch.utils.data.Dataset):
@@ -249,3 +266,8 @@ class ArrayRows(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         return tuple(a[i] for a in self.arrays), self.y[i]
+
+    def __getitems__(self, indices):
+        """A whole batch by one fancy index (the DataLoader prefers this to one row at a time)."""
+        idx = torch.as_tensor(indices)
+        return tuple(a[idx] for a in self.arrays), self.y[idx]

@@ -156,7 +156,7 @@ def run(job: FoldJob) -> FoldOutput:
     groups = [{"params": list(net.backbone.parameters()), "lr": cfg.image.lr * cfg.image.backbone_lr_mult},
               {"params": head_params, "lr": cfg.image.lr}]
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
-                 make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed)
+                 make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img")
     _, train_feats = _eval_probs(job, net, comp.train.iloc[job.train_idx], store, device)
     val_probs, val_feats = _eval_probs(job, net, comp.train.iloc[job.val_idx], store, device)
     test_probs, test_feats = _eval_probs(job, net, comp.test, store, device)

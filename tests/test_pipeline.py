@@ -1,0 +1,155 @@
+"""End to end through the CLI: all stages on tiny demo data, predict, kill-and-resume, stale artefacts."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from solution.demo import make_dataset
+from solution.labels import LABELS
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=32", "image.pretrained=false",
+        "image.epochs=3", "image.batch_size=16", "image.lr=3e-3", "text.epochs=4", "text.batch_size=16",
+        "fusion.epochs=4", "fusion.hidden=64", "tune.trials=8", "tune.threshold_trials=4"]
+
+
+def cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "solution", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """`all` with every model on a tiny demo dataset."""
+    root = tmp_path_factory.mktemp("e2e")
+    make_dataset(root / "data", n_train=90, n_test=25, size=(64, 48))
+    proc = cli("all", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}",
+               "models=resnet50,bilstm,tfidf,fusion", *TINY)
+    return root, proc
+
+
+def test_all_writes_a_valid_submission(finished):
+    root, _ = finished
+    sub = pd.read_csv(root / "out" / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
+    test = pd.read_csv(root / "data" / "test.csv", dtype=str)
+    assert list(sub.columns) == ["ImageID", "Labels"]
+    assert sub["ImageID"].tolist() == test["ImageID"].tolist()
+    allowed = set(map(str, LABELS))
+    assert all(labels and set(labels.split()) <= allowed for labels in sub["Labels"])
+    stamped = list((root / "out" / "submissions").glob("submission-*.csv"))
+    assert len(stamped) == 1 and stamped[0].read_text() == (root / "out" / "submissions" / "submission.csv").read_text()
+
+
+def test_report_has_the_documented_schema_and_figures(finished):
+    root, proc = finished
+    report = json.loads((root / "out" / "oof" / "report.json").read_text())
+    assert set(report) == {"models", "blend"}
+    for name in ("resnet50", "bilstm", "tfidf", "fusion"):
+        entry = report["models"][name]
+        for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "per_label", "per_fold"):
+            assert key in entry, (name, key)
+        assert set(entry["per_label"]) == set(map(str, LABELS))
+        assert len(entry["per_fold"]) == 3
+        assert name in proc.stderr  # the console table names every model
+    for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "weights", "thresholds"):
+        assert key in report["blend"]
+    assert set(report["blend"]["weights"]) == {"resnet50", "bilstm", "tfidf", "fusion"}
+    md = (root / "out" / "oof" / "report.md").read_text()
+    for figure in ("per_label_f1.png", "f1_vs_threshold.png", "blend_weights.png"):
+        assert f"figures/{figure}" in md
+        assert (root / "out" / "oof" / "figures" / figure).stat().st_size > 1000
+    assert "nested" in md.lower()
+
+
+def test_config_is_saved_beside_the_outputs(finished):
+    root, _ = finished
+    saved = json.loads((root / "out" / "oof" / "config.json").read_text())
+    assert saved["image"]["model"] == "test_resnet" and saved["n_folds"] == 3
+
+
+def test_second_train_skips_finished_folds(finished):
+    root, _ = finished
+    proc = cli("train", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "models=tfidf", *TINY)
+    assert proc.stderr.count("skipping") == 3
+
+
+def test_predict_scores_a_new_test_set_without_training(finished, tmp_path):
+    root, _ = finished
+    new = tmp_path / "new"
+    (new / "data").mkdir(parents=True)
+    test = pd.read_csv(root / "data" / "test.csv", dtype=str)
+    subset = test.iloc[::2]
+    (new / "test.csv").write_text("ImageID,Caption\n" + "".join(
+        f'{i},"{c}"\n' for i, c in zip(subset["ImageID"], subset["Caption"].str.replace('"', '""'))))
+    for image_id in subset["ImageID"]:
+        (new / "data" / image_id).write_bytes((root / "data" / "data" / image_id).read_bytes())
+    out_copy = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
+    proc = cli("predict", f"data_dir={new}", f"out_dir={out_copy}")
+    assert "epoch" not in proc.stderr  # no training happened
+    sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
+    assert sub["ImageID"].tolist() == subset["ImageID"].tolist()
+    assert all(sub["Labels"])
+
+
+def test_changed_settings_make_old_oof_stale(finished, tmp_path):
+    root, _ = finished
+    out_copy = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
+    proc = cli("tune", f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion",
+               *TINY, "text.max_len=5", check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    line = proc.stderr.strip().splitlines()[-1]
+    assert line.startswith("error:") and "stale" in line and "./run.sh train models=bilstm" in line
+
+
+def test_kill_during_training_then_resume(tmp_path):
+    make_dataset(tmp_path / "data", n_train=400, n_test=20, images=False)
+    args = ["train", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=bilstm", "n_folds=2",
+            "fold=0", "num_workers=0", "text.epochs=40", "patience=100", "text.batch_size=8"]
+    last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0" / "last.pt"
+    proc = subprocess.Popen([sys.executable, "-m", "solution", *args], cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not last.exists():
+        time.sleep(0.2)
+    assert last.exists(), "no epoch finished in time"
+    time.sleep(0.5)  # now mid-epoch
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
+    resumed = cli(*args)
+    assert "resuming after epoch" in resumed.stderr
+    first_epoch = int(resumed.stderr.split("resuming after epoch ")[1].split()[0])
+    assert first_epoch >= 1
+    assert f"epoch {first_epoch + 1}/40" in resumed.stderr and "epoch 1/40:" not in resumed.stderr
+    assert (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_fold_outside_range_is_one_line_naming_fold(tmp_path):
+    proc = cli("train", f"data_dir={tmp_path}", "fold=7", check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fold" in lines[0] and "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not (REPO.parent / "shared" / "data" / "coco-mini" / "train.csv").exists(),
+                    reason="../shared/data/coco-mini is not here (it exists only in the project's workspace)")
+def test_image_model_smoke_on_real_coco_photos(tmp_path):
+    data = REPO.parent / "shared" / "data" / "coco-mini"
+    cli("train", f"data_dir={data}", f"out_dir={tmp_path}", "models=resnet50", "n_folds=2", "fold=0..1",
+        "image.model=test_resnet", "image.size=48", "image.pretrained=false", "image.epochs=1", "num_workers=0")
+    for k in (0, 1):
+        assert (tmp_path / "oof" / "resnet50" / f"fold{k}.npz").exists()
