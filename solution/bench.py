@@ -125,7 +125,7 @@ def bench(cfg: Config, overrides: list[str]) -> None:
                      f"(pre-flight {'+ cache build ' if cache_dir else ''}{prep:.1f}s)")
         if device.type == "cuda":
             net = _network(cfg, device)
-            x = torch.randn(bs, 3, cfg.image.size, cfg.image.size)
+            x = torch.randint(0, 256, (bs, 3, cfg.image.size, cfg.image.size), dtype=torch.uint8)
             fake = [((x,), torch.zeros(bs, N_LABELS))] * max(8, n // bs)
             rows.append(("GPU only (tensors on device)", _timed_train(cfg, net, fake, device),
                          _timed_infer(net, [((torch.cat([x, x]),), None)] * max(8, n // bs), device), 0.0))

@@ -259,6 +259,8 @@ def validate(cfg: Config) -> None:
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:
             raise UserError(f"bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
+    if not 0 < cfg.holdout_fraction < 1:
+        raise UserError(f"bad value for holdout_fraction: {cfg.holdout_fraction}; allowed: a number in (0, 1)")
     if cfg.n_folds < 2:
         raise UserError(f"bad value for n_folds: {cfg.n_folds}; allowed: an integer >= 2")
     bad = [k for k in cfg.fold if not 0 <= k < cfg.n_folds]

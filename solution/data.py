@@ -32,6 +32,8 @@ class Competition:
 def _check_unique(table, name: str) -> None:
     seen: dict[str, int] = {}
     for row, line in zip(table.rows, table.line_numbers):
+        if not row[0]:  # here too, so load_test_only refuses it as well
+            raise UserError(f"{table.path} line {line}: empty ImageID")
         first = seen.setdefault(row[0], line)
         if first != line:
             raise UserError(f"{table.path} line {line}: duplicate ImageID {row[0]} (first at line {first})")

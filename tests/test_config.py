@@ -1,0 +1,166 @@
+"""key=value settings (solution.config) and the CLI's one-line errors, help and out_dir/data_dir checks."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from solution.cli import COMMANDS
+from solution.config import Config, MODEL_NAMES, build_config, iter_keys, parse_folds
+from solution.errors import UserError
+
+
+def error_of(overrides) -> str:
+    with pytest.raises(UserError) as info:
+        build_config(overrides)
+    return str(info.value)
+
+
+# ---- parsing, in process -----------------------------------------------------------------------
+
+def test_defaults():
+    cfg = build_config([])
+    assert cfg.fold == [0, 1, 2, 3, 4] and cfg.n_folds == 5 and cfg.image.size == 224 and cfg.epochs is None
+
+
+def test_ints_floats_bools_strings_lists_and_dotted_keys():
+    cfg = build_config(["image.size=320", "seed=7", "text.lr=1e-4", "weight_decay=0", "image.tta=true",
+                        "image.pretrained=no", "force=1", "image.model=convnext_tiny", "models=tfidf, bilstm",
+                        "tune.models=tfidf", "epochs=3", "batch_size=none", "device=cpu", "text.layers=2"])
+    assert cfg.image.size == 320 and isinstance(cfg.image.size, int)
+    assert cfg.seed == 7 and cfg.text.lr == 1e-4 and isinstance(cfg.weight_decay, float)
+    assert cfg.image.tta is True and cfg.image.pretrained is False and cfg.force is True
+    assert cfg.image.model == "convnext_tiny" and cfg.models == ["tfidf", "bilstm"] and cfg.tune.models == ["tfidf"]
+    assert cfg.epochs == 3 and cfg.batch_size is None and cfg.device == "cpu" and cfg.text.layers == 2
+    assert Config().image.size == 224  # defaults are not shared between instances
+
+
+@pytest.mark.parametrize("text,want", [("3", [3]), ("0,2,4", [0, 2, 4]), ("0..4", [0, 1, 2, 3, 4]),
+                                       ("4,0", [0, 4]), ("1..2,4", [1, 2, 4]), ("2,2", [2])])
+def test_fold_forms(text, want):
+    assert parse_folds(text) == want
+    assert build_config([f"fold={text}"]).fold == want
+
+
+def test_default_folds_follow_n_folds():
+    assert build_config(["n_folds=2"]).fold == [0, 1]
+    assert build_config(["n_folds=3", "fold=2"]).fold == [2]
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["imagesize=3"], "imagesize"),
+    (["image.sise=3"], "image.sise"),
+    (["image.size=abc"], "image.size"),
+    (["image.size=3.5"], "image.size"),
+    (["image.size=0"], "image.size"),
+    (["device=tpu"], "device"),
+    (["image.tta=maybe"], "image.tta"),
+    (["fold=7"], "fold"),
+    (["fold=5"], "fold"),
+    (["fold=-1"], "fold"),
+    (["fold=a"], "fold"),
+    (["fold=3..1"], "fold"),
+    (["fold="], "fold"),
+    (["n_folds=3", "fold=3"], "fold"),
+    (["n_folds=1"], "n_folds"),
+    (["n_folds=x"], "n_folds"),
+    (["models=tfidf,nosuchmodel"], "models"),
+    (["models="], "models"),
+    (["tune.models=nope"], "tune.models"),
+    (["tune.blend=max"], "tune.blend"),
+    (["limit=-1"], "limit"),
+    (["stop_fraction=1.5"], "stop_fraction"),
+    (["image.batch_size=0"], "image.batch_size"),
+    (["tune.trials=0"], "tune.trials"),
+    (["seed=-3"], "seed"),
+    (["holdout_fraction=0"], "holdout_fraction"),
+    (["text.dropout=1"], "text.dropout"),
+    (["lr"], "lr"),
+])
+def test_bad_settings_name_the_key(overrides, key):
+    message = error_of(overrides)
+    assert key in message and "\n" not in message
+
+
+def test_unknown_key_suggests_the_dotted_one():
+    assert "image.size" in error_of(["size=3"])
+
+
+def test_every_key_round_trips_through_key_value():
+    """Each setting can be set from the command line to its own default."""
+    for key, _, _, default in iter_keys():
+        if key == "fold":
+            raw = "0..4"
+        elif isinstance(default, list):
+            raw = ",".join(map(str, default))
+        elif default is None:
+            raw = "none"
+        else:
+            raw = str(default)
+        if isinstance(default, list) and not default:
+            continue  # empty lists (tune.models) are the default already
+        cfg = build_config([f"{key}={raw}"])
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value == default, key
+
+
+def test_model_names_match_the_registry():
+    """config.MODEL_NAMES lets a config be checked without importing torch; it must list the real registry."""
+    from solution.models import REGISTRY
+
+    assert tuple(REGISTRY) == MODEL_NAMES
+
+
+# ---- the CLI, in a subprocess ------------------------------------------------------------------
+
+def test_help_lists_every_key_and_command(run_cli):
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    for key, _, _, _ in iter_keys():
+        assert any(line.strip().startswith(f"{key}=") for line in lines), key
+    for command in COMMANDS:
+        assert any(re.match(rf"\s+{command}\s", line) for line in lines), command
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "fold=7"], "fold"),
+    (["train", "n_folds=5", "fold=5"], "fold"),
+    (["train", "image.size=abc"], "image.size"),
+    (["train", "device=tpu"], "device"),
+    (["train", "nosuchkey=1"], "nosuchkey"),
+    (["tune", "n_folds=1"], "n_folds"),
+    (["trian", "fold=1"], "trian"),
+    (["train", "fold"], "fold"),
+])
+def test_cli_bad_setting_is_one_line(run_cli, assert_cli_error, tmp_path, args, needle):
+    out = tmp_path / "O"
+    proc = run_cli(*args, f"data_dir={tmp_path}", f"out_dir={out}")
+    assert_cli_error(proc, needle)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_cli_data_dir_missing(run_cli, assert_cli_error, tmp_path, nothing_half_written):
+    out = tmp_path / "O"
+    proc = run_cli("train", f"data_dir={tmp_path / 'nope'}", f"out_dir={out}", "models=tfidf", "n_folds=2")
+    assert_cli_error(proc, "data_dir", str(tmp_path / "nope"))
+    nothing_half_written(out)
+
+
+def test_cli_data_dir_without_train_csv(run_cli, assert_cli_error, demo_csv, tmp_path, nothing_half_written):
+    (demo_csv / "train.csv").unlink()
+    out = tmp_path / "O"
+    proc = run_cli("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
+    assert_cli_error(proc, str(demo_csv / "train.csv"))
+    nothing_half_written(out)
+
+
+def test_cli_out_dir_not_writable(run_cli, assert_cli_error, demo_csv, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    out = blocker / "sub"  # cannot be created, even by root
+    proc = run_cli("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
+    assert_cli_error(proc, "out_dir", str(out))
+    assert blocker.read_text() == "not a folder"
