@@ -153,3 +153,29 @@ def test_image_model_smoke_on_real_coco_photos(tmp_path):
         "image.model=test_resnet", "image.size=48", "image.pretrained=false", "image.epochs=1", "num_workers=0")
     for k in (0, 1):
         assert (tmp_path / "oof" / "resnet50" / f"fold{k}.npz").exists()
+
+
+def test_rank_blend_tunes_and_submits(finished, tmp_path):
+    root, _ = finished
+    out_copy = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
+    common = [f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion", *TINY,
+              "tune.blend=rank"]
+    cli("tune", *common)
+    record = json.loads((out_copy / "oof" / "blend.json").read_text())
+    assert record["blend"] == "rank" and 0 < record["f1"]["samples_f1_nested"] <= 1
+    cli("submit", *common)
+    sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
+    assert len(sub) == 25 and all(sub["Labels"])
+
+
+def test_holdout_scores_an_unseen_slice(tmp_path):
+    make_dataset(tmp_path / "data", n_train=120, n_test=10, images=False)
+    proc = cli("holdout", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=tfidf",
+               "n_folds=3", "num_workers=0", "tune.trials=4", "tune.threshold_trials=3")
+    result = json.loads((tmp_path / "out" / "holdout" / "result.json").read_text())
+    kept = pd.read_csv(tmp_path / "out" / "holdout" / "data" / "train.csv", dtype=str)
+    assert result["held_back_rows"] + len(kept) == 120 and 20 <= result["held_back_rows"] <= 28
+    assert 0 < result["held_back_samples_f1"] <= 1
+    assert abs(result["nested_estimate"] - result["held_back_samples_f1"] - result["gap_nested_minus_held_back"]) < 1e-9
+    assert "held-back samples-F1" in proc.stderr
