@@ -102,7 +102,7 @@ def _network(cfg, device) -> ImageNet:
 
 def bench(cfg: Config, overrides: list[str]) -> None:
     device = resolve_device(cfg.device)
-    n = cfg.bench.images or (2048 if device.type == "cuda" else 64)
+    n = cfg.bench.images or (2048 if device.type == "cuda" else 96)
     bs = cfg.network_batch(cfg.image.batch_size)
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))

@@ -79,7 +79,7 @@ class TuneConfig:
 
 @dataclass
 class BenchConfig:
-    images: int = _opt(0, "synthetic 640x480 JPEGs per measurement (0 = 2048 on a GPU, 64 on the CPU)")
+    images: int = _opt(0, "synthetic 640x480 JPEGs per measurement (0 = 2048 on a GPU, 96 on the CPU)")
     file: str = _opt("BENCHMARKS.md", "where the figures are appended")
 
 

@@ -19,7 +19,7 @@ from .submit import load_blend, thresholds_of
 CURVE = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
 
-def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights: dict) -> list[str]:
+def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights: dict, curves: dict) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -61,6 +61,18 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
     fig.suptitle("Blend: per-label F1 against threshold (red: tuned threshold)")
     save(fig, "f1_vs_threshold.png")
 
+    curves = {name: folds for name, folds in curves.items() if any(folds)}  # networks only
+    if curves:
+        fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3), squeeze=False)
+        for ax, (name, folds) in zip(axes[0], curves.items()):
+            for k, history in enumerate(folds):
+                ax.plot([h["epoch"] for h in history], [h["val_f1"] for h in history], label=f"fold {k}")
+            ax.set_title(name)
+            ax.set_xlabel("epoch")
+        axes[0][0].set_ylabel("early-stopping samples-F1")
+        axes[0][-1].legend(fontsize=7)
+        save(fig, "learning_curves.png")
+
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(list(weights), list(weights.values()))
     ax.set_ylabel("weight")
@@ -78,7 +90,7 @@ def _entry(y, probs, thresholds, tuned: dict) -> dict:
 
 def report(cfg: Config, comp: Competition) -> dict:
     record, arrays = load_blend(cfg, comp)
-    models = {}
+    models, curves = {}, {}
     for model in record["models"]:
         oof, _, metas = collect_oof(cfg, comp, model)
         tuned = record["per_model"][model]
@@ -86,11 +98,13 @@ def report(cfg: Config, comp: Competition) -> dict:
         for fold, meta in zip(entry["per_fold"], metas):
             fold.update(best_epoch=meta["best_epoch"], early_stop_f1=meta["best_f1"])
         models[model] = entry
+        curves[model] = [meta["history"] for meta in metas]
     blend = _entry(comp.y, arrays["oof"], thresholds_of(record), {**record["f1"], "per_fold": record["per_fold"]})
     blend.update(weights=record["weights"], thresholds=record["thresholds"], blend=record["blend"])
     out = {"models": models, "blend": blend}
     write_json(cfg.out / "oof" / "report.json", out)
-    figures = _plots(cfg.out / "oof" / "figures", {**models, "blend": blend}, arrays["oof"], comp.y, record["weights"])
+    figures = _plots(cfg.out / "oof" / "figures", {**models, "blend": blend}, arrays["oof"], comp.y,
+                     record["weights"], curves)
     md = _markdown(cfg, out, figures)
     with atomic_path(cfg.out / "oof" / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
