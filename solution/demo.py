@@ -109,7 +109,7 @@ def make_dataset(root: Path, n_train: int = 1000, n_test: int = 300, seed: int =
 
 # The demo's own defaults: a small backbone from random weights, so it runs on a laptop CPU in minutes.
 DEMO_DEFAULTS = ["data_dir=demo/data", "out_dir=demo", "models=resnet50,bilstm,tfidf,minilm,fusion",
-                 "image.model=test_resnet", "image.size=64", "image.pretrained=false", "image.epochs=14",
-                 "image.batch_size=32", "image.lr=3e-3", "image.backbone_lr_mult=1.0", "text.epochs=20",
+                 "image.model=test_resnet", "image.size=64", "image.pretrained=false", "image.epochs=12",
+                 "image.batch_size=32", "image.lr=3e-3", "text.epochs=20",
                  "text.batch_size=32", "fusion.epochs=30", "fusion.batch_size=64", "patience=4", "num_workers=0",
                  "tune.trials=60", "tune.threshold_trials=15"]

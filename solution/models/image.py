@@ -158,9 +158,10 @@ def run(job: FoldJob) -> FoldOutput:
                                                  transforms(cfg, True)), bs, cfg, shuffle=True)
     stop_loader, _ = make_loader(ImageRows(_paths(job, stop), comp.y[job.stop_idx], store, transforms(cfg, False)),
                                  bs * 2, cfg, shuffle=False)
-    head_params = list(net.head.parameters())
-    groups = [{"params": list(net.backbone.parameters()), "lr": cfg.image.lr * cfg.image.backbone_lr_mult},
-              {"params": head_params, "lr": cfg.image.lr}]
+    pretrained = bool(cfg.image.weights) or cfg.image.pretrained
+    mult = cfg.image.backbone_lr_mult if pretrained else 1.0  # a random backbone needs the full rate
+    groups = [{"params": list(net.backbone.parameters()), "lr": cfg.image.lr * mult},
+              {"params": list(net.head.parameters()), "lr": cfg.image.lr}]
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img")
     _, train_feats = _eval_probs(job, net, comp.train.iloc[job.train_idx], store, device)
