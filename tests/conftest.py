@@ -1,6 +1,7 @@
 """Shared fixtures: tiny competition folders, the real data (skipped when absent) and a CLI runner."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -8,6 +9,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+
+# One torch thread: the tiny test networks gain nothing from more, and on a shared 2-core machine more
+# threads spin against each other. No progress bars in test logs. Subprocesses inherit both.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared next to the repo, read-only
