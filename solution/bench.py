@@ -44,6 +44,7 @@ def machine() -> str:
 
 def _synthetic(folder: Path, n: int, seed: int) -> list[Path]:
     rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(n):
         path = folder / f"{i}.jpg"

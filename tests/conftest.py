@@ -18,6 +18,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared next to the repo, read-only
 
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The published competition files; tests that need them skip where they are not mounted."""
