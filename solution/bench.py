@@ -1,8 +1,9 @@
-"""`bench`: image-model throughput on this machine (train and inference images/s, data loading included).
+"""`bench`: image-model throughput and the blend-search time on this machine, appended to BENCHMARKS.md.
 
-It writes synthetic 640x480 JPEGs, then measures: decoding every JPEG each time (no cache), reading
-the resized uint8 cache, and, on CUDA, the GPU alone on tensors already on the device. Results are
-appended to BENCHMARKS.md with the command and the machine.
+Throughput (train and inference images/s, data loading included) uses synthetic 640x480 JPEGs:
+decoding every JPEG each time (no cache), reading the resized uint8 cache, and, on CUDA, the GPU
+alone on tensors already on the device. The search time is one `tune.fit_tuning` (Optuna weights and
+per-label thresholds) on 5 synthetic models x 30,000 rows.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from .models.image import ImageNet, ImageRows, transforms
 from .trainer import autocast_dtype, make_loader, resolve_device, train_step
 
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+SEARCH_START, SEARCH_END = "<!-- search:start -->", "<!-- search:end -->"
 
 
 def machine() -> str:
@@ -134,6 +136,26 @@ def bench(cfg: Config, overrides: list[str]) -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _write(cfg, overrides, rows, device, n, bs)
+    _write_search_time(cfg, overrides, _search_seconds(cfg))
+
+
+def _search_seconds(cfg: Config) -> float:
+    """One full weight + threshold search on 5 noisy synthetic models x 30,000 rows."""
+    import optuna
+
+    from .tune import fit_tuning
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rng = np.random.default_rng(cfg.seed)
+    y = (rng.random((30000, N_LABELS)) < 0.12).astype(np.uint8)
+    y[np.arange(len(y)), rng.integers(0, N_LABELS, len(y))] = 1
+    stack = np.stack([np.clip(y * rng.uniform(0.3, 0.7) + rng.random(y.shape) * 0.6, 0, 1).astype(np.float32)
+                      for _ in range(5)])
+    start = time.time()
+    fit_tuning(stack, y, cfg)
+    seconds = time.time() - start
+    log.info(f"bench blend search, 5 models x 30000 rows: {seconds:.1f}s")
+    return seconds
 
 
 def _write(cfg: Config, overrides: list[str], rows, device, n: int, bs: int) -> None:
@@ -148,6 +170,23 @@ def _write(cfg: Config, overrides: list[str], rows, device, n: int, bs: int) -> 
     new = "".join(f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {workers}) | `{command.strip()}` | "
                   f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | {infer:.1f} |\n"
                   for mode, train, infer, _ in rows)
-    head, tail = text.split(MARK_END, 1)
-    path.write_text(head + new + MARK_END + tail, encoding="utf-8")
+    _append(path, text, MARK_END, new)
     log.info(f"bench: appended {len(rows)} rows to {path}")
+
+
+def _write_search_time(cfg: Config, overrides: list[str], seconds: float) -> None:
+    path = Path(cfg.bench.file)
+    text = path.read_text(encoding="utf-8")
+    if SEARCH_END not in text:
+        text += (f"\n## Blend search time (`./run.sh bench`)\n\nOne Optuna weight + per-label threshold search "
+                 f"(`tune.fit_tuning`) on 5 synthetic models x 30,000 rows x 18 labels; target < 60 s on the 2-core "
+                 f"CPU.\n\n{SEARCH_START}\n| date | machine | command | tune.trials, threshold_trials | seconds |\n"
+                 f"|---|---|---|---|---|\n{SEARCH_END}\n")
+    command = ("./run.sh bench " + " ".join(overrides)).strip()
+    _append(path, text, SEARCH_END, f"| {time.strftime('%Y-%m-%d')} | {machine()} | `{command}` | "
+                                    f"{cfg.tune.trials}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
+
+
+def _append(path: Path, text: str, marker: str, rows: str) -> None:
+    head, tail = text.split(marker, 1)
+    path.write_text(head + rows + marker + tail, encoding="utf-8")
