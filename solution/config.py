@@ -83,6 +83,9 @@ class TuneConfig:
     trials: int = _opt(150, "Optuna trials for the blend weights")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
+    decision: str = _opt("expected_f1", "how blended probabilities become labels: Optuna per-label thresholds, or per "
+                                        "image the set with the highest expected F1 after Platt calibration",
+                         ("thresholds", "expected_f1"))
     models: list = _opt_factory(list, "models to blend (empty = every model with complete OOF)")
 
 

@@ -1,7 +1,8 @@
 """Stage 5: oof/report.md + report.json + figures, and a short console table.
 
 Every model and the blend get samples-F1 at 0.5, tuned in-sample and nested; micro/macro F1 and
-per-label precision/recall/F1/support at the tuned thresholds; and per-fold scores.
+per-label precision/recall/F1/support under the in-sample tuned decision; per-fold scores; and both decisions
+(thresholds, expected F1) side by side.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from .data import Competition
 from .labels import LABELS, NAMES
 from .metric import scores
 from .oof import collect_oof
-from .submit import load_blend, thresholds_of
+from .submit import load_blend
+from .tune import Tuned
 
 CURVE = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -41,7 +43,7 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
         f1 = [entry["per_label"][str(label)]["f1"] for label in LABELS]
         ax.bar(np.arange(len(LABELS)) + i * width, f1, width, label=name)
     ax.set_xticks(np.arange(len(LABELS)) + 0.4 - width / 2, names, rotation=60, ha="right")
-    ax.set_ylabel("F1 (tuned thresholds, OOF)")
+    ax.set_ylabel("F1 (OOF, in-sample tuned decision)")
     ax.set_ylim(0, 1)
     ax.legend(ncol=len(entries), fontsize=8)
     ax.set_title("Per-label F1 per model and for the blend")
@@ -81,11 +83,11 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
     return made
 
 
-def _entry(y, probs, thresholds, tuned: dict) -> dict:
-    s = scores(y, probs, thresholds)
+def _entry(y, probs, tuned: dict, decision: str) -> dict:
+    s = scores(y, Tuned.from_record(tuned).label_sets(probs, decision))
     return {"samples_f1_at_0.5": tuned["samples_f1_at_0.5"], "samples_f1_tuned": tuned["samples_f1_tuned"],
-            "samples_f1_nested": tuned["samples_f1_nested"], "micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"],
-            "per_label": s["per_label"], "per_fold": tuned["per_fold"]}
+            "samples_f1_nested": tuned["samples_f1_nested"], "by_decision": tuned["by_decision"],
+            "micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"], "per_label": s["per_label"], "per_fold": tuned["per_fold"]}
 
 
 def report(cfg: Config, comp: Competition) -> dict:
@@ -93,14 +95,14 @@ def report(cfg: Config, comp: Competition) -> dict:
     models, curves = {}, {}
     for model in record["models"]:
         oof, _, metas = collect_oof(cfg, comp, model)
-        tuned = record["per_model"][model]
-        entry = _entry(comp.y, oof, np.array(tuned["thresholds"]), tuned)
+        entry = _entry(comp.y, oof, record["per_model"][model], record["decision"])
         for fold, meta in zip(entry["per_fold"], metas):
             fold.update(best_epoch=meta["best_epoch"], early_stop_f1=meta["best_f1"])
         models[model] = entry
         curves[model] = [meta["history"] for meta in metas]
-    blend = _entry(comp.y, arrays["oof"], thresholds_of(record), {**record["f1"], "per_fold": record["per_fold"]})
-    blend.update(weights=record["weights"], thresholds=record["thresholds"], blend=record["blend"])
+    blend = _entry(comp.y, arrays["oof"], {**record, **record["f1"]}, record["decision"])
+    blend.update(weights=record["weights"], thresholds=record["thresholds"], blend=record["blend"],
+                 decision=record["decision"])
     out = {"models": models, "blend": blend}
     write_json(cfg.out / "oof" / "report.json", out)
     figures = _plots(cfg.out / "oof" / "figures", {**models, "blend": blend}, arrays["oof"], comp.y,
@@ -131,11 +133,21 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
         f"Expected leaderboard samples-F1 (nested CV): **{b['samples_f1_nested']:.4f}**. "
         f"Tuning weights and thresholds on all OOF rows and scoring the same rows gives {b['samples_f1_tuned']:.4f}, "
         f"which is optimistic by {b['samples_f1_tuned'] - b['samples_f1_nested']:+.4f}.", "",
-        f"Folds: {cfg.n_folds}, seed {cfg.seed}. Early stopping watched {stop}. Blend: {b['blend']}.", "",
-        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = Optuna weights and per-label thresholds fitted "
-        "and scored on all OOF rows (in-sample); nested = fitted on the other folds' OOF, scored on fold k, averaged. "
-        "Micro/macro and per-label figures use the in-sample tuned thresholds.", "",
+        f"Folds: {cfg.n_folds}, seed {cfg.seed}. Early stopping watched {stop}. Blend: {b['blend']}. "
+        f"Decision: {b['decision']}.", "",
+        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = Optuna weights plus the decision's parameters "
+        "(per-label thresholds, or per-label calibration for expected_f1) fitted and scored on all OOF rows (in-sample); "
+        "nested = fitted on the other folds' OOF, scored on fold k, averaged. "
+        "Micro/macro and per-label figures use the in-sample tuned decision.", "",
         "```", _table(out), "```", "",
+        "## Decisions compared", "",
+        "How the probabilities become labels: per-label thresholds (Optuna), or per image the set with the highest "
+        "expected F1 after per-label Platt calibration. The run uses tune.decision.", "",
+        "| model | thresholds in-sample | thresholds nested | expected_f1 in-sample | expected_f1 nested |",
+        "|---|---|---|---|---|",
+        *[f"| {name} | " + " | ".join(f"{e['by_decision'][d][k]:.4f}" for d in ("thresholds", "expected_f1")
+                                      for k in ("samples_f1_tuned", "samples_f1_nested")) + " |"
+          for name, e in [*out["models"].items(), ("blend", b)]], "",
         "## Blend", "", "| model | weight |", "|---|---|",
         *[f"| {m} | {w:.3f} |" for m, w in b["weights"].items()], "",
         "| label | name | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|---|",

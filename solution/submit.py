@@ -12,9 +12,8 @@ from .csvio import write_table
 from .data import Competition
 from .errors import UserError
 from .labels import LABELS, decode
-from .metric import binarize
 from .oof import collect_oof
-from .tune import blend_models, check_blend_fresh
+from .tune import Tuned, blend_models, check_blend_fresh
 
 
 def load_blend(cfg: Config, comp: Competition) -> tuple[dict, dict]:
@@ -33,16 +32,12 @@ def load_blend(cfg: Config, comp: Competition) -> tuple[dict, dict]:
     return record, arrays
 
 
-def thresholds_of(record: dict) -> np.ndarray:
-    return np.array([record["thresholds"][str(label)] for label in LABELS], dtype=np.float32)
-
-
 def write_submission(cfg: Config, comp: Competition, test_ids: np.ndarray, probs: np.ndarray, record: dict) -> None:
     """Validate (rows, order, at least one known label each) and write submission.csv plus a stamped copy."""
     expected = comp.test["ImageID"].to_numpy(dtype=str)
     if len(test_ids) != len(expected) or not np.array_equal(test_ids, expected):
         raise UserError("test predictions do not match test.csv row for row; rerun ./run.sh tune")
-    labels = decode(binarize(probs, thresholds_of(record)))
+    labels = decode(Tuned.from_record(record).label_sets(probs, record["decision"]))
     allowed = set(map(str, LABELS))
     for image_id, text in zip(expected, labels):
         if not text or not set(text.split()) <= allowed:

@@ -1,8 +1,10 @@
-"""Stage 3: blend weights and per-label thresholds by Optuna on OOF, and the honest nested-CV score.
+"""Stage 3: blend weights, per-label thresholds and calibration on OOF, and the honest nested-CV score.
 
-In-sample tuning fits weights and thresholds on all OOF rows and scores them on the same rows, which
-is optimistic. The nested score fits them on the other folds' OOF, applies them to fold k, and
-averages over folds: no weight or threshold is ever scored on a row it was fitted on.
+Two decisions turn blended probabilities into label sets (tune.decision): per-label thresholds found by
+Optuna, or per image the set with the highest expected F1 after per-label Platt calibration.
+In-sample tuning fits weights, thresholds and calibration on all OOF rows and scores them on the same
+rows, which is optimistic. The nested score fits them on the other folds' OOF, applies them to fold k,
+and averages over folds: nothing is ever scored on a row it was fitted on.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import optuna
+from scipy.special import expit
 
 from . import log
 from .artefacts import save_arrays, write_json
@@ -19,10 +22,11 @@ from .data import Competition
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .labels import LABELS, N_LABELS
-from .metric import samples_f1
+from .metric import binarize, expected_f1_sets, samples_f1, samples_f1_binary
 from .oof import collect_oof, provenance
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
+DECISIONS = ("thresholds", "expected_f1")
 
 
 @dataclass
@@ -30,6 +34,56 @@ class Tuned:
     weights: np.ndarray  # one per model, summing to 1
     global_threshold: float
     thresholds: np.ndarray  # one per label
+    calibration: np.ndarray  # (labels, 2): Platt slope and intercept on the logit
+
+    def label_sets(self, probs: np.ndarray, decision: str) -> np.ndarray:
+        """0/1 predictions of blended probabilities under either decision (at least one label per row)."""
+        if decision == "thresholds":
+            return binarize(probs, self.thresholds)
+        return expected_f1_sets(calibrate(probs, self.calibration))
+
+    def to_record(self) -> dict:
+        return {"global_threshold": self.global_threshold,
+                "thresholds": {str(label): round(float(t), 4) for label, t in zip(LABELS, self.thresholds)},
+                "calibration": {str(label): [round(float(v), 6) for v in ab] for label, ab in zip(LABELS, self.calibration)}}
+
+    @classmethod
+    def from_record(cls, record: dict, source: str = "oof/blend.json") -> "Tuned":
+        """The tuning saved in blend.json (weights in record["models"] order; one model when it has none)."""
+        if "calibration" not in record:
+            raise UserError(f"{source} was written by an older version (no calibration); rerun ./run.sh tune")
+        weights = np.array([record["weights"][m] for m in record["models"]]) if "models" in record else np.ones(1)
+        thresholds = np.array([record["thresholds"][str(label)] for label in LABELS], dtype=np.float32)
+        calibration = np.array([record["calibration"][str(label)] for label in LABELS])
+        return cls(weights, record["global_threshold"], thresholds, calibration)
+
+
+def _logit(probs: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def fit_calibration(y: np.ndarray, probs: np.ndarray, steps: int = 30, ridge: float = 1.0) -> np.ndarray:
+    """Per label, Platt scaling: the logistic fit of y on logit(p), by Newton's method on all labels at once.
+
+    The expected-F1 decision reads probabilities literally, so it needs them calibrated: pos_weight inflates
+    rare labels and a regularised TF-IDF model is under-confident. A small ridge pulls each slope towards 1
+    and the intercept towards 0, which keeps a label without positives finite.
+    """
+    z, y = _logit(probs), np.asarray(y, dtype=np.float64)
+    slope, bias = np.ones(z.shape[1]), np.zeros(z.shape[1])
+    for _ in range(steps):
+        s = expit(slope * z + bias)
+        r, w = s - y, s * (1 - s)
+        g_a, g_b = (r * z).sum(0) + ridge * (slope - 1), r.sum(0) + 1e-3 * ridge * bias
+        h_aa, h_ab, h_bb = (w * z * z).sum(0) + ridge, (w * z).sum(0), w.sum(0) + 1e-3 * ridge
+        det = h_aa * h_bb - h_ab ** 2
+        slope, bias = slope - (h_bb * g_a - h_ab * g_b) / det, bias - (h_aa * g_b - h_ab * g_a) / det
+    return np.stack([slope, bias], axis=1)
+
+
+def calibrate(probs: np.ndarray, calibration: np.ndarray) -> np.ndarray:
+    return expit(_logit(probs) * calibration[:, 0] + calibration[:, 1])
 
 
 def rank_transform(oof: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -164,30 +218,37 @@ def fit_tuning(stack: np.ndarray, y: np.ndarray, cfg: Config) -> Tuned:
     weights = tune_weights(stack, y, cfg.tune.trials, cfg.seed)
     blend = combine(stack, weights)
     t0, _ = best_global_threshold(y, blend)
-    return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0))
+    return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0), fit_calibration(y, blend))
 
 
 def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Config) -> dict:
-    """At-0.5, in-sample tuned and nested scores of one blend (a single model is a blend of one)."""
+    """At-0.5, in-sample tuned and nested scores of one blend (a single model is a blend of one).
+
+    samples_f1_tuned/nested follow tune.decision; by_decision has both decisions' scores side by side.
+    """
+    decision = cfg.tune.decision
     tuned = fit_tuning(stack, y, cfg)
     blend = combine(stack, tuned.weights)
     plain = combine(stack, np.ones(len(stack)))
+    in_sample = {d: tuned.label_sets(blend, d) for d in DECISIONS}
     per_fold = []
     for k in range(cfg.n_folds):
         fit_rows, held = fold_of_row != k, fold_of_row == k
         inner = fit_tuning(stack[:, fit_rows], y[fit_rows], cfg)
         held_blend = combine(stack[:, held], inner.weights)
+        nested = {d: samples_f1_binary(y[held], inner.label_sets(held_blend, d)) for d in DECISIONS}
         per_fold.append({"fold": k, "samples_f1_at_0.5": samples_f1(y[held], plain[held]),
-                         "samples_f1_tuned": samples_f1(y[held], blend[held], tuned.thresholds),
-                         "samples_f1_nested": samples_f1(y[held], held_blend, inner.thresholds),
+                         "samples_f1_tuned": samples_f1_binary(y[held], in_sample[decision][held]),
+                         "samples_f1_nested": nested[decision], "nested_by_decision": nested,
                          "weights": inner.weights.round(4).tolist()})
+    by_decision = {d: {"samples_f1_tuned": samples_f1_binary(y, in_sample[d]),
+                       "samples_f1_nested": float(np.mean([f["nested_by_decision"][d] for f in per_fold]))}
+                   for d in DECISIONS}
     return {
         "samples_f1_at_0.5": samples_f1(y, plain),
         "samples_f1_global": samples_f1(y, blend, tuned.global_threshold),
-        "samples_f1_tuned": samples_f1(y, blend, tuned.thresholds),
-        "samples_f1_nested": float(np.mean([f["samples_f1_nested"] for f in per_fold])),
-        "global_threshold": tuned.global_threshold,
-        "weights": tuned.weights, "thresholds": tuned.thresholds, "per_fold": per_fold,
+        **by_decision[decision], "by_decision": by_decision, "decision": decision,
+        "tuned": tuned, "per_fold": per_fold,
     }
 
 
@@ -210,34 +271,41 @@ def tune(cfg: Config, comp: Competition) -> dict:
     for model in models:
         results[model] = evaluate(oofs[model][None], comp.y, fold_of_row, cfg)
         log.info(f"tune {model}: samples-F1 at 0.5 {results[model]['samples_f1_at_0.5']:.4f}  "
-                 f"tuned {results[model]['samples_f1_tuned']:.4f}  nested {results[model]['samples_f1_nested']:.4f}")
+                 f"tuned {results[model]['samples_f1_tuned']:.4f}  nested {results[model]['samples_f1_nested']:.4f}  "
+                 f"({_decisions(results[model])})")
     stack = np.stack([oofs[m] for m in models])
     blend = evaluate(stack, comp.y, fold_of_row, cfg)
     seconds = time.time() - start
-    weights = dict(zip(models, blend["weights"].round(4).tolist()))
-    thresholds = {str(label): round(float(t), 4) for label, t in zip(LABELS, blend["thresholds"])}
+    tuned: Tuned = blend["tuned"]
+    weights = dict(zip(models, tuned.weights.round(4).tolist()))
     log.info(f"tune blend ({cfg.tune.blend}) of {', '.join(models)}: weights {weights}")
     log.info(f"tune blend: samples-F1 at 0.5 {blend['samples_f1_at_0.5']:.4f}  global threshold "
-             f"{blend['global_threshold']:.2f} -> {blend['samples_f1_global']:.4f}  per-label "
+             f"{tuned.global_threshold:.2f} -> {blend['samples_f1_global']:.4f}  {cfg.tune.decision} "
              f"{blend['samples_f1_tuned']:.4f} (in-sample)  nested {blend['samples_f1_nested']:.4f} "
              f"(expected leaderboard score)  [{seconds:.1f}s]")
+    log.info(f"tune blend: {_decisions(blend)}")
     record = {
-        "blend": cfg.tune.blend, "models": models, "weights": weights, "thresholds": thresholds,
-        "global_threshold": blend["global_threshold"],
+        "blend": cfg.tune.blend, "decision": cfg.tune.decision, "models": models, "weights": weights,
+        **tuned.to_record(),
         "f1": {k: blend[k] for k in ("samples_f1_at_0.5", "samples_f1_global", "samples_f1_tuned", "samples_f1_nested")},
-        "per_fold": blend["per_fold"],
-        "per_model": {m: {k: (v.round(4).tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+        "by_decision": blend["by_decision"], "per_fold": blend["per_fold"],
+        "per_model": {m: {**{k: v for k, v in r.items() if k != "tuned"}, **r["tuned"].to_record()}
                       for m, r in results.items()},
         "provenance": {"data": comp.fingerprint, "folds": folds_hash(cfg),
                        "models": {m: provenance(cfg, comp, m)["config"] for m in models}},
         "seconds": seconds,
     }
-    final_oof = combine(stack, blend["weights"])
-    final_test = combine(np.stack([tests[m] for m in models]), blend["weights"])
+    final_oof = combine(stack, tuned.weights)
+    final_test = combine(np.stack([tests[m] for m in models]), tuned.weights)
     save_arrays(cfg.out / "oof" / "blend.npz", record["provenance"], oof_ids=comp.train["ImageID"].to_numpy(dtype=str),
                 oof=final_oof, test_ids=comp.test["ImageID"].to_numpy(dtype=str), test=final_test)
     write_json(cfg.out / "oof" / "blend.json", record)
     return record
+
+
+def _decisions(result: dict) -> str:
+    return "  ".join(f"{d}: in-sample {r['samples_f1_tuned']:.4f} nested {r['samples_f1_nested']:.4f}"
+                     for d, r in result["by_decision"].items())
 
 
 def check_blend_fresh(cfg: Config, comp: Competition, record: dict) -> None:
@@ -248,3 +316,7 @@ def check_blend_fresh(cfg: Config, comp: Competition, record: dict) -> None:
         if record.get("provenance", {}).get(key) != want[key]:
             raise UserError(f"{cfg.out / 'oof' / 'blend.json'} is stale (its {key} differ from the current run); "
                             "rerun ./run.sh tune")
+    for key in ("blend", "decision"):
+        if record.get(key) != getattr(cfg.tune, key):
+            raise UserError(f"{cfg.out / 'oof' / 'blend.json'} was tuned with tune.{key}={record.get(key)}, this run "
+                            f"asks for tune.{key}={getattr(cfg.tune, key)}; rerun ./run.sh tune")

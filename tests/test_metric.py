@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from solution.labels import LABELS, N_LABELS
-from solution.metric import binarize, per_row_f1, samples_f1, scores
+from solution.metric import binarize, expected_f1_sets, per_row_f1, samples_f1, scores
 
 
 def random_case(seed: int, rows: int = 300):
@@ -72,7 +72,7 @@ def test_micro_macro_and_per_label_match_sklearn():
     y[:, 11] = 0  # a label with no support and (probably) few predictions
     thresholds = rng.uniform(0.35, 0.8, N_LABELS)
     pred = reference_binarize(probs, thresholds)
-    got = scores(y, probs, thresholds)
+    got = scores(y, binarize(probs, thresholds))
     assert got["samples_f1"] == pytest.approx(f1_score(y, pred, average="samples", zero_division=0))
     assert got["micro_f1"] == pytest.approx(f1_score(y, pred, average="micro", zero_division=0))
     assert got["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro", zero_division=0))
@@ -88,3 +88,39 @@ def test_perfect_and_worst_predictions():
     y, _, _ = random_case(3, rows=50)
     assert samples_f1(y, y.astype(np.float32), 0.5) == 1.0
     assert samples_f1(y, 1.0 - y.astype(np.float32), 0.5) == 0.0
+
+
+def _expected_f1_by_enumeration(p: np.ndarray, pred: np.ndarray) -> float:
+    """E[F1] of one predicted set when label j is true with probability p[j], independently: all 2^n truths."""
+    n = len(p)
+    total = 0.0
+    for bits in range(2 ** n):
+        truth = np.array([(bits >> j) & 1 for j in range(n)], dtype=bool)
+        chance = np.prod(np.where(truth, p, 1 - p))
+        total += chance * 2 * (truth & pred).sum() / (truth.sum() + pred.sum())
+    return total
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_expected_f1_sets_are_the_best_of_all_label_sets(seed):
+    """Brute force over every non-empty set of 6 labels: the chosen set has the highest expected F1."""
+    rng = np.random.default_rng(seed)
+    n = 6
+    probs = rng.beta(0.6, 0.9, (5, n))
+    chosen = expected_f1_sets(probs, chunk=2)  # chunk < rows exercises the chunking
+    every_set = [np.array([(bits >> j) & 1 for j in range(n)], dtype=bool) for bits in range(1, 2 ** n)]
+    for row, pred in zip(probs, chosen):
+        best = max(_expected_f1_by_enumeration(row, s) for s in every_set)
+        assert pred.any()
+        assert _expected_f1_by_enumeration(row, pred) == pytest.approx(best, abs=1e-12)
+
+
+def test_expected_f1_sets_follow_confidence():
+    probs = np.full((3, N_LABELS), 0.01)
+    probs[0, 0] = 0.99  # one sure label: only it
+    probs[1, :3] = 0.9  # three likely labels: all three
+    probs[2, 4] = 0.2  # nothing likely: still the top label (every image has one)
+    pred = expected_f1_sets(probs)
+    assert pred[0].nonzero()[0].tolist() == [0]
+    assert pred[1].nonzero()[0].tolist() == [0, 1, 2]
+    assert pred[2].nonzero()[0].tolist() == [4]

@@ -169,6 +169,22 @@ def test_rank_blend_tunes_and_submits(finished, tmp_path):
     assert len(sub) == 25 and all(sub["Labels"])
 
 
+def test_threshold_decision_submits_and_a_changed_decision_needs_a_new_tune(finished, tmp_path):
+    root, _ = finished
+    out_copy = tmp_path / "out"
+    subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
+    common = [f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion", *TINY]
+    cli("tune", *common, "tune.decision=thresholds")
+    record = json.loads((out_copy / "oof" / "blend.json").read_text())
+    assert record["decision"] == "thresholds"
+    assert record["f1"]["samples_f1_nested"] == record["by_decision"]["thresholds"]["samples_f1_nested"]
+    proc = cli("submit", *common, check=False)  # the default decision is expected_f1
+    assert proc.returncode == 2 and "tune.decision=thresholds" in proc.stderr and "rerun ./run.sh tune" in proc.stderr
+    cli("submit", *common, "tune.decision=thresholds")
+    sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
+    assert len(sub) == 25 and all(sub["Labels"])
+
+
 def test_holdout_scores_an_unseen_slice(tmp_path):
     make_dataset(tmp_path / "data", n_train=120, n_test=10, images=False)
     proc = cli("holdout", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=tfidf",
