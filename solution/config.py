@@ -52,8 +52,8 @@ class TextConfig:
     lr: float = _opt(7e-3, "Bi-LSTM learning rate (and the head's when text.finetune=true)")
     pos_weight: str = _opt("none", "BCE pos_weight of caption networks, in place of the top-level pos_weight (up-weighting "
                                    "rare labels costs caption models samples-F1)", ("sqrt", "ratio", "none"))
-    threads: int = _opt(1, "torch CPU threads while caption models run (0 = torch's default; more threads stall on "
-                           "the LSTM's small steps, above all on a busy CPU)")
+    threads: int = _opt(1, "torch CPU threads while the Bi-LSTM and the MiniLM head train (0 = torch's default; more "
+                           "threads stall on their small steps); the MiniLM transformer itself uses every thread")
     tfidf_c: float = _opt(4.0, "inverse regularisation C of the TF-IDF logistic regression")
     tfidf_ngram: int = _opt(2, "TF-IDF uses word n-grams of 1 up to this many tokens")
     tfidf_min_df: int = _opt(1, "TF-IDF drops n-grams found in fewer training captions")

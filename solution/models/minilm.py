@@ -106,26 +106,21 @@ def _run_finetune(job: FoldJob) -> FoldOutput:
 
 
 def run(job: FoldJob) -> FoldOutput:
-    with cpu_threads(job.cfg.text.threads):
-        return _run_finetune(job) if job.cfg.text.finetune else _run_frozen(job)
-
-
-def _run_frozen(job: FoldJob) -> FoldOutput:
+    """The transformer (fine-tuned, or embedding once) gets every CPU thread; only the small head is held to text.threads."""
+    if job.cfg.text.finetune:
+        return _run_finetune(job)
     cfg, comp = job.cfg, job.comp
     emb = embed_captions(cfg, comp.train["Caption"].tolist())
     test_emb = embed_captions(cfg, comp.test["Caption"].tolist())
     t = cfg.text
-    return train_head(job, emb[job.train_idx], emb[job.val_idx], test_emb, hidden=t.head_hidden, dropout=t.head_dropout,
-                      epochs=cfg.network_epochs(t.head_epochs), batch_size=cfg.network_batch(t.batch_size), lr=t.head_lr,
-                      loss_fn=caption_loss(cfg, comp.y[job.fit_idx]))
+    with cpu_threads(t.threads):
+        return train_head(job, emb[job.train_idx], emb[job.val_idx], test_emb, hidden=t.head_hidden,
+                          dropout=t.head_dropout, epochs=cfg.network_epochs(t.head_epochs),
+                          batch_size=cfg.network_batch(t.batch_size), lr=t.head_lr,
+                          loss_fn=caption_loss(cfg, comp.y[job.fit_idx]))
 
 
 def infer(job: FoldJob, frame, upstream):
-    with cpu_threads(job.cfg.text.threads):
-        return _infer(job, frame)
-
-
-def _infer(job: FoldJob, frame):
     cfg = job.cfg
     if cfg.text.finetune:
         encoder = load_encoder(cfg)
@@ -134,7 +129,8 @@ def _infer(job: FoldJob, frame):
         loader, _ = make_loader(ArrayRows(list(_tokens(encoder, frame["Caption"])), None), 256, cfg, False)
         return predict(net, loader, resolve_device(cfg.device), desc=f"{job.label} predict")
     x = embed_captions(cfg, frame["Caption"].tolist())
-    return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.head_dropout), x)
+    with cpu_threads(cfg.text.threads):
+        return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.head_dropout), x)
 
 
 SPEC = ModelSpec(name="minilm", kind="caption", sections=("text",), run=run, infer=infer)

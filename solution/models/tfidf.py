@@ -3,16 +3,13 @@ from __future__ import annotations
 
 import pickle
 
-import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 
-from .. import log
 from ..artefacts import atomic_path
 from ..context import FoldJob
-from ..metric import samples_f1
 from ..text import preprocessor
 from . import FoldOutput, ModelSpec
 
@@ -34,7 +31,6 @@ def run(job: FoldJob) -> FoldOutput:
         tmp.write_bytes(pickle.dumps(model))
     val_probs = model.predict_proba([texts[i] for i in job.val_idx])
     test_probs = model.predict_proba(_texts(cfg, comp.test))
-    log.info(f"{job.label}: fold samples-F1 at 0.5 {samples_f1(comp.y[job.val_idx], val_probs):.4f}")
     return FoldOutput(val_probs, test_probs, float("nan"), 0)
 
 
