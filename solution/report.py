@@ -131,7 +131,7 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
     lines = [
         "# OOF report", "",
         f"Expected leaderboard samples-F1 (nested CV): **{b['samples_f1_nested']:.4f}**. "
-        f"Tuning weights and thresholds on all OOF rows and scoring the same rows gives {b['samples_f1_tuned']:.4f}, "
+        f"Tuning the blend and its decision on all OOF rows and scoring the same rows gives {b['samples_f1_tuned']:.4f}, "
         f"which is optimistic by {b['samples_f1_tuned'] - b['samples_f1_nested']:+.4f}.", "",
         f"Folds: {cfg.n_folds}, seed {cfg.seed}. Early stopping watched {stop}. Blend: {b['blend']}. "
         f"Decision: {b['decision']}.", "",
@@ -150,7 +150,7 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
           for name, e in [*out["models"].items(), ("blend", b)]], "",
         "## Blend", "", "| model | weight |", "|---|---|",
         *[f"| {m} | {w:.3f} |" for m, w in b["weights"].items()], "",
-        "| label | name | threshold | precision | recall | F1 | support |", "|---|---|---|---|---|---|---|",
+        "| label | name | threshold (if tune.decision=thresholds) | precision | recall | F1 | support |", "|---|---|---|---|---|---|---|",
         *[f"| {label} | {NAMES[label]} | {b['thresholds'][str(label)]:.2f} | {b['per_label'][str(label)]['precision']:.3f} | "
           f"{b['per_label'][str(label)]['recall']:.3f} | {b['per_label'][str(label)]['f1']:.3f} | "
           f"{b['per_label'][str(label)]['support']} |" for label in LABELS], "",
