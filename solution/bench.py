@@ -2,8 +2,8 @@
 
 Throughput (train and inference images/s, data loading included) uses synthetic 640x480 JPEGs:
 decoding every JPEG each time (no cache), reading the resized uint8 cache, and, on CUDA, the GPU
-alone on tensors already on the device. The search time is one `tune.fit_tuning` (Optuna weights and
-per-label thresholds) on 5 synthetic models x 30,000 rows.
+alone on tensors already on the device. The search time is one `tune.fit_tuning` (Optuna weights,
+per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def _write_search_time(cfg: Config, overrides: list[str], seconds: float) -> Non
     path = Path(cfg.bench.file)
     text = path.read_text(encoding="utf-8")
     if SEARCH_END not in text:
-        text += (f"\n## Blend search time (`./run.sh bench`)\n\nOne Optuna weight + per-label threshold search "
+        text += (f"\n## Blend search time (`./run.sh bench`)\n\nOne Optuna weight, per-label threshold and calibration search "
                  f"(`tune.fit_tuning`) on 5 synthetic models x 30,000 rows x 18 labels; target < 60 s on the 2-core "
                  f"CPU.\n\n{SEARCH_START}\n| date | machine | command | tune.trials, threshold_trials | seconds |\n"
                  f"|---|---|---|---|---|\n{SEARCH_END}\n")
