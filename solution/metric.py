@@ -40,6 +40,8 @@ def expected_f1_sets(probs: np.ndarray, chunk: int = 4096) -> np.ndarray:
     probs = np.asarray(probs, dtype=np.float64)
     rows, n = probs.shape
     count = np.arange(n + 1)
+    a, b = count[:, None], count[None, :]
+    f1 = [2 * a / np.maximum(k + a + b, 1) for k in range(n + 1)]  # f1[k][a, b], the same for every row
     pred = np.zeros((rows, n), dtype=bool)
     for start in range(0, rows, chunk):
         p = probs[start:start + chunk]
@@ -47,8 +49,7 @@ def expected_f1_sets(probs: np.ndarray, chunk: int = 4096) -> np.ndarray:
         ranked = np.take_along_axis(p, order, axis=1)
         top = _count_distributions(ranked)  # top[:, k]: true labels among the k most probable
         rest = _count_distributions(ranked[:, ::-1])  # rest[:, m]: true labels among the m least probable
-        expected = np.stack([np.einsum("ra,ab,rb->r", top[:, k], 2 * count[:, None] / np.maximum(k + count[:, None] + count, 1),
-                                       rest[:, n - k]) for k in range(1, n + 1)], axis=1)
+        expected = np.stack([np.einsum("ra,ab,rb->r", top[:, k], f1[k], rest[:, n - k]) for k in range(1, n + 1)], axis=1)
         best_k = expected.argmax(axis=1) + 1  # first (smallest) k on ties
         np.put_along_axis(pred[start:start + chunk], order, count[1:] <= best_k[:, None], axis=1)
     return pred

@@ -48,10 +48,10 @@ class Tuned:
                 "calibration": {str(label): [round(float(v), 6) for v in ab] for label, ab in zip(LABELS, self.calibration)}}
 
     @classmethod
-    def from_record(cls, record: dict, source: str = "oof/blend.json") -> "Tuned":
+    def from_record(cls, record: dict) -> "Tuned":
         """The tuning saved in blend.json (weights in record["models"] order; one model when it has none)."""
         if "calibration" not in record:
-            raise UserError(f"{source} was written by an older version (no calibration); rerun ./run.sh tune")
+            raise UserError("oof/blend.json was written by an older version (no calibration); rerun ./run.sh tune")
         weights = np.array([record["weights"][m] for m in record["models"]]) if "models" in record else np.ones(1)
         thresholds = np.array([record["thresholds"][str(label)] for label in LABELS], dtype=np.float32)
         calibration = np.array([record["calibration"][str(label)] for label in LABELS])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from solution.errors import UserError
 from solution.labels import N_LABELS
 from solution.metric import samples_f1
 from solution.tune import GRID, RowF1, Tuned, best_global_threshold, calibrate, fit_calibration
@@ -54,3 +55,10 @@ def test_saved_tuning_round_trips_and_decides_alike():
     assert np.allclose(again.weights, tuned.weights)
     for decision in ("thresholds", "expected_f1"):
         assert (again.label_sets(truth, decision) == tuned.label_sets(truth, decision)).all()
+
+
+def test_a_blend_json_from_before_calibration_asks_for_a_new_tune():
+    record = {"models": ["a"], "weights": {"a": 1.0}, "global_threshold": 0.5,
+              "thresholds": {str(label): 0.5 for label in range(1, 20) if label != 12}}
+    with pytest.raises(UserError, match=r"oof/blend.json .*rerun ./run.sh tune"):
+        Tuned.from_record(record)
