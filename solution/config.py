@@ -254,7 +254,7 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
 
 # The names models.REGISTRY registers, so a config can be checked without importing torch (a test keeps
 # the two in step); a name missing here is still looked up in the real registry before it is refused.
-MODEL_NAMES = ("resnet50", "bilstm", "tfidf", "minilm", "fusion")
+MODEL_NAMES = ("resnet50", "bilstm", "tfidf", "minilm", "fusion", "joint")
 
 # Smallest allowed value of each numeric setting that has one (None-able keys are checked when set).
 _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "patience": 0, "epochs": 1, "batch_size": 1,

@@ -114,7 +114,7 @@ def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False
             f = net.embed(*inputs).float()
             p = torch.sigmoid(net.head(f).float())
             if tta_flip:
-                f2 = net.embed(*[x.flip(-1) for x in inputs]).float()
+                f2 = net.embed(*[x.flip(-1) if x.dim() == 4 else x for x in inputs]).float()  # images only
                 p = (p + torch.sigmoid(net.head(f2).float())) / 2
                 f = (f + f2) / 2
         probs.append(p.cpu().numpy())

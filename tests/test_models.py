@@ -9,7 +9,7 @@ from solution.config import build_config
 from solution.data import load_competition
 from solution.demo import make_dataset
 from solution.errors import UserError
-from solution.oof import collect_oof
+from solution.oof import collect_oof, load_fold, provenance
 from solution.train import train
 from solution.tune import best_global_threshold
 
@@ -17,7 +17,7 @@ FAST = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=64"
         "image.epochs=20", "image.batch_size=16", "image.lr=3e-3", "text.epochs=15", "text.lr=5e-3",
         "text.batch_size=16", "fusion.epochs=15", "fusion.batch_size=32", "fusion.hidden=256", "patience=12"]
 # How far each model must beat chance on this tiny set (the image net learns from random weights).
-MARGIN = {"resnet50": 0.03, "bilstm": 0.05, "tfidf": 0.05, "fusion": 0.05, "minilm": 0.05}
+MARGIN = {"resnet50": 0.03, "bilstm": 0.05, "tfidf": 0.05, "fusion": 0.05, "minilm": 0.05, "joint": 0.05}
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def demo_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
     make_dataset(root / "data", n_train=300, n_test=40, size=(96, 72), p_drawn=1.0, p_named=0.7)
     cfg = build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "fold=0..2",
-                        "models=resnet50,bilstm,tfidf,fusion", *FAST])
+                        "models=resnet50,bilstm,tfidf,fusion,joint", *FAST])
     comp = load_competition(cfg.data_dir)
     train(cfg, comp)
     return cfg, comp
@@ -41,7 +41,7 @@ def model_score(comp, oof) -> float:
     return best_global_threshold(comp.y, oof)[1]
 
 
-@pytest.mark.parametrize("model", ["resnet50", "bilstm", "tfidf", "fusion"])
+@pytest.mark.parametrize("model", ["resnet50", "bilstm", "tfidf", "fusion", "joint"])
 def test_model_beats_label_frequency_baseline(demo_run, model):
     cfg, comp = demo_run
     oof, test, metas = collect_oof(cfg, comp, model)
@@ -50,7 +50,7 @@ def test_model_beats_label_frequency_baseline(demo_run, model):
     assert np.isfinite(test).all() and (test >= 0).all() and (test <= 1).all()
 
 
-@pytest.mark.parametrize("model", ["resnet50", "bilstm"])
+@pytest.mark.parametrize("model", ["resnet50", "bilstm", "joint"])
 def test_training_lowers_the_loss(demo_run, model):
     cfg, comp = demo_run
     _, _, metas = collect_oof(cfg, comp, model)
@@ -184,3 +184,17 @@ def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_run, tmp_path):
     loader, reseed = make_loader(ArrayRows([x], comp.y), 16, cfg, shuffle=True)
     with pytest.raises(UserError, match="epoch 1 step 1"):
         fit(job, net, [{"params": net.parameters(), "lr": 1e-3}], loader, loader, comp.y, NaNLoss(), 2, reseed)
+
+
+def test_image_training_repeats_exactly_with_the_same_seed(tmp_path):
+    """Augmentation draws from the seeded RNGs too (albumentations' own RNG is unseeded by default)."""
+    make_dataset(tmp_path / "data", n_train=60, n_test=10, size=(48, 40))
+    histories = []
+    for run in ("a", "b"):
+        cfg = build_config([f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / run}", "fold=0", "models=resnet50",
+                            *FAST, "image.size=32", "image.epochs=2"])
+        comp = load_competition(cfg.data_dir)
+        train(cfg, comp)
+        meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))
+        histories.append([row["train_loss"] for row in meta["history"]])
+    assert histories[0] == histories[1]

@@ -9,11 +9,20 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
+from solution.artefacts import load_arrays
+from solution.config import build_config
+from solution.context import FoldJob
+from solution.data import load_test_only
 from solution.demo import make_dataset
 from solution.labels import LABELS
+from solution.models import REGISTRY, training_order
+from solution.oof import oof_path
+from solution.predict import training_config
+from solution.train import prepare_images
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=32", "image.pretrained=false",
@@ -35,7 +44,7 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     make_dataset(root / "data", n_train=90, n_test=25, size=(64, 48))
     proc = cli("all", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}",
-               "models=resnet50,bilstm,tfidf,fusion", *TINY)
+               "models=resnet50,bilstm,tfidf,fusion,joint", *TINY)
     return root, proc
 
 
@@ -55,7 +64,7 @@ def test_report_has_the_documented_schema_and_figures(finished):
     root, proc = finished
     report = json.loads((root / "out" / "oof" / "report.json").read_text())
     assert set(report) == {"models", "blend"}
-    for name in ("resnet50", "bilstm", "tfidf", "fusion"):
+    for name in ("resnet50", "bilstm", "tfidf", "fusion", "joint"):
         entry = report["models"][name]
         for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "per_label", "per_fold"):
             assert key in entry, (name, key)
@@ -64,7 +73,7 @@ def test_report_has_the_documented_schema_and_figures(finished):
         assert name in proc.stderr  # the console table names every model
     for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "weights", "thresholds"):
         assert key in report["blend"]
-    assert set(report["blend"]["weights"]) == {"resnet50", "bilstm", "tfidf", "fusion"}
+    assert set(report["blend"]["weights"]) == {"resnet50", "bilstm", "tfidf", "fusion", "joint"}
     md = (root / "out" / "oof" / "report.md").read_text()
     for figure in ("per_label_f1.png", "f1_vs_threshold.png", "blend_weights.png"):
         assert f"figures/{figure}" in md
@@ -101,6 +110,19 @@ def test_predict_scores_a_new_test_set_without_training(finished, tmp_path):
     sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
     assert sub["ImageID"].tolist() == subset["ImageID"].tolist()
     assert all(sub["Labels"])
+
+
+def test_infer_reproduces_every_models_saved_test_predictions(finished):
+    """What predict runs (each model's infer on the saved fold weights) gives what training saved."""
+    root, _ = finished
+    cfg = training_config(build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "num_workers=0"]))
+    comp = load_test_only(cfg.data_dir)
+    store = prepare_images(cfg, comp, (comp.test,))
+    upstream = {}
+    for model in training_order(cfg, cfg.models):
+        upstream[model] = REGISTRY[model].infer(FoldJob(cfg, comp, np.zeros(0, int), 1, model, {}, store), comp.test, upstream)
+        saved = load_arrays(oof_path(cfg, model, 1))[1]["test_probs"]
+        np.testing.assert_allclose(upstream[model][0], saved, atol=1e-4, err_msg=model)
 
 
 def test_changed_settings_make_old_oof_stale(finished, tmp_path):

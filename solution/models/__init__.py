@@ -35,9 +35,10 @@ class ModelSpec:
     needs: Callable = lambda cfg: ()  # models whose features this one consumes
 
 
-from . import bilstm, fusion, image, minilm, tfidf  # noqa: E402  (they import the types above)
+from . import bilstm, fusion, image, joint, minilm, tfidf  # noqa: E402  (they import the types above)
 
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (image.SPEC, bilstm.SPEC, tfidf.SPEC, minilm.SPEC, fusion.SPEC)}
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (image.SPEC, bilstm.SPEC, tfidf.SPEC, minilm.SPEC, fusion.SPEC,
+                                                     joint.SPEC)}
 
 
 def needs_images(cfg, names) -> bool:

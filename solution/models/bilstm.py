@@ -38,12 +38,31 @@ class BiLSTM(nn.Module):
         return self.project(torch.cat([last, max_pool, mean_pool], dim=1))
 
 
-def _encode(job: FoldJob, vocab: Vocab, frame) -> np.ndarray:
+def encode(cfg, vocab: Vocab, frame) -> np.ndarray:
+    pre = preprocessor(cfg)
+    return vocab.encode([pre(c) for c in frame["Caption"]], cfg.text.max_len)
+
+
+def fold_vocab(job: FoldJob) -> tuple[Vocab, np.ndarray]:
+    """Vocabulary of the training folds only (fold k's words stay unknown) and its initial word vectors;
+    saved to the checkpoint folder for `infer`."""
     pre = preprocessor(job.cfg)
-    return vocab.encode([pre(c) for c in frame["Caption"]], job.cfg.text.max_len)
+    train_captions = job.comp.train["Caption"].iloc[job.train_idx]
+    vocab = Vocab.build([pre(c) for c in train_captions], job.cfg.text.min_count)
+    vectors, source = embedding_matrix(job.cfg.text.vectors, vocab, pre.surface_map(train_captions))
+    log.info(f"{job.label}: vocabulary {len(vocab)} words; vectors from {source}")
+    write_json(job.ckpt_dir / "vocab.json", {"itos": vocab.itos, "dim": int(vectors.shape[1])})
+    return vocab, vectors
 
 
-def _net(cfg, vectors) -> BiLSTM:
+def saved_vocab(job: FoldJob) -> tuple[Vocab, np.ndarray]:
+    """The fold's vocabulary and a zero matrix of its vector shape (the checkpoint holds the trained values)."""
+    saved = read_json(job.ckpt_dir / "vocab.json")
+    vocab = Vocab(saved["itos"][2:])
+    return vocab, np.zeros((len(vocab), saved["dim"]), np.float32)
+
+
+def caption_branch(cfg, vectors) -> BiLSTM:
     return BiLSTM(vectors, cfg.text.hidden, cfg.text.layers, cfg.text.dropout)
 
 
@@ -54,23 +73,17 @@ def run(job: FoldJob) -> FoldOutput:
 
 def _train(job: FoldJob) -> FoldOutput:
     cfg, comp = job.cfg, job.comp
-    pre = preprocessor(cfg)
-    train_captions = comp.train["Caption"].iloc[job.train_idx]
-    tokens = [pre(c) for c in train_captions]
-    vocab = Vocab.build(tokens, cfg.text.min_count)  # training folds only: fold k's words stay unknown
-    vectors, source = embedding_matrix(cfg.text.vectors, vocab, pre.surface_map(train_captions))
-    log.info(f"{job.label}: vocabulary {len(vocab)} words; vectors from {source}")
-    write_json(job.ckpt_dir / "vocab.json", {"itos": vocab.itos, "dim": int(vectors.shape[1])})
-    ids = _encode(job, vocab, comp.train)
+    vocab, vectors = fold_vocab(job)
+    ids = encode(cfg, vocab, comp.train)
     bs = cfg.network_batch(cfg.text.batch_size)
     train_loader, reseed = make_loader(ArrayRows([ids[job.fit_idx]], comp.y[job.fit_idx]), bs, cfg, shuffle=True)
     stop_loader, _ = make_loader(ArrayRows([ids[job.stop_idx]], comp.y[job.stop_idx]), bs * 4, cfg, shuffle=False)
-    net = _net(cfg, vectors)
+    net = caption_branch(cfg, vectors)
     result = fit(job, net, [{"params": net.parameters(), "lr": cfg.text.lr}], train_loader, stop_loader,
                  comp.y[job.stop_idx], caption_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.text.epochs), reseed)
     device = resolve_device(cfg.device)
     out = {}
-    for part, rows in (("train", ids[job.train_idx]), ("val", ids[job.val_idx]), ("test", _encode(job, vocab, comp.test))):
+    for part, rows in (("train", ids[job.train_idx]), ("val", ids[job.val_idx]), ("test", encode(cfg, vocab, comp.test))):
         loader, _ = make_loader(ArrayRows([rows], None), bs * 4, cfg, shuffle=False)
         out[part] = predict(net, loader, device, desc=f"{job.label} predict {part}")
     return FoldOutput(out["val"][0], out["test"][0], result.best_f1, result.best_epoch,
@@ -78,11 +91,10 @@ def _train(job: FoldJob) -> FoldOutput:
 
 
 def infer(job: FoldJob, frame, upstream):
-    saved = read_json(job.ckpt_dir / "vocab.json")
-    vocab = Vocab(saved["itos"][2:])
-    net = _net(job.cfg, np.zeros((len(vocab), saved["dim"]), np.float32))
+    vocab, vectors = saved_vocab(job)
+    net = caption_branch(job.cfg, vectors)
     net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
-    loader, _ = make_loader(ArrayRows([_encode(job, vocab, frame)], None), 1024, job.cfg, shuffle=False)
+    loader, _ = make_loader(ArrayRows([encode(job.cfg, vocab, frame)], None), 1024, job.cfg, shuffle=False)
     with cpu_threads(job.cfg.text.threads):
         return predict(net, loader, resolve_device(job.cfg.device), desc=f"{job.label} predict")
 

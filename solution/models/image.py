@@ -102,11 +102,20 @@ class ImageNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, N_LABELS)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+        register_imagenet_stats(self)
 
     def embed(self, x):
-        return self.backbone((x.float() - self.mean) / self.std)
+        return self.backbone(normalise(self, x))
+
+
+def register_imagenet_stats(net: nn.Module) -> None:
+    """ImageNet mean and std on the 0..255 scale, as non-saved buffers that follow the net to its device."""
+    net.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
+    net.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+
+
+def normalise(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return (x.float() - net.mean) / net.std
 
 
 def transforms(cfg, train: bool) -> A.Compose:
@@ -119,16 +128,22 @@ def transforms(cfg, train: bool) -> A.Compose:
 
 
 class ImageRows(torch.utils.data.Dataset):
-    def __init__(self, paths, y, store: ImageStore, transform):
-        self.paths, self.y, self.store, self.transform = list(paths), y, store, transform
+    """Rows of (image,) or, with `tokens`, (image, caption token ids), and the 18 targets."""
+
+    def __init__(self, paths, y, store: ImageStore, transform, tokens: np.ndarray | None = None):
+        self.paths, self.y, self.store, self.transform, self.tokens = list(paths), y, store, transform, tokens
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
+        # albumentations keeps its own RNG, unseeded unless told; drawing its seed from torch's RNG ties the
+        # augmentation to seed (and, in worker processes, to the loader's per-worker seeds)
+        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
         image = self.transform(image=self.store.get(self.paths[i]))["image"]
+        inputs = (image,) if self.tokens is None else (image, torch.from_numpy(self.tokens[i]))
         target = self.y[i] if self.y is not None else np.zeros(N_LABELS, np.uint8)
-        return (image,), torch.from_numpy(np.asarray(target, dtype=np.float32))
+        return inputs, torch.from_numpy(np.asarray(target, dtype=np.float32))
 
 
 def image_store(cfg) -> ImageStore:
@@ -136,39 +151,52 @@ def image_store(cfg) -> ImageStore:
     return ImageStore(cfg.out / "cache" if cfg.image.cache else None, cfg.image.size)
 
 
-def _paths(job: FoldJob, frame):
+def image_paths(job: FoldJob, frame):
     return [job.comp.image_dir / image_id for image_id in frame["ImageID"]]
 
 
-def _eval_probs(job, net, frame, store, device):
+def eval_probs(job: FoldJob, net: nn.Module, frame, device, tokens: np.ndarray | None = None):
+    """Probabilities and pooled features of `frame`'s rows (tokens: their caption ids, for two-input nets)."""
     cfg = job.cfg
-    loader, _ = make_loader(ImageRows(_paths(job, frame), None, store, transforms(cfg, False)),
+    loader, _ = make_loader(ImageRows(image_paths(job, frame), None, job.store, transforms(cfg, False), tokens),
                             cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False)
     return predict(net, loader, device, tta_flip=cfg.image.tta, desc=f"{job.label} predict")
 
 
-def run(job: FoldJob) -> FoldOutput:
-    cfg, comp, store = job.cfg, job.comp, job.store
-    device = resolve_device(cfg.device)
-    net = ImageNet(build_backbone(cfg))
-    bs = cfg.network_batch(cfg.image.batch_size)
-    train = comp.train.iloc[job.fit_idx]
-    stop = comp.train.iloc[job.stop_idx]
-    train_loader, reseed = make_loader(ImageRows(_paths(job, train), comp.y[job.fit_idx], store,
-                                                 transforms(cfg, True)), bs, cfg, shuffle=True)
-    stop_loader, _ = make_loader(ImageRows(_paths(job, stop), comp.y[job.stop_idx], store, transforms(cfg, False)),
-                                 bs * 2, cfg, shuffle=False)
+def backbone_lr(cfg) -> float:
     pretrained = bool(cfg.image.weights) or cfg.image.pretrained
-    mult = cfg.image.backbone_lr_mult if pretrained else 1.0  # a random backbone needs the full rate
-    groups = [{"params": list(net.backbone.parameters()), "lr": cfg.image.lr * mult},
-              {"params": list(net.head.parameters()), "lr": cfg.image.lr}]
+    return cfg.image.lr * (cfg.image.backbone_lr_mult if pretrained else 1.0)  # a random backbone needs the full rate
+
+
+def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.ndarray | None = None,
+                  test_tokens: np.ndarray | None = None, features: bool = True) -> FoldOutput:
+    """Fit a network whose first input is the image (and, with tokens, whose second is the caption),
+    with image.* settings, then predict fold k and the test set; features adds the pooled features
+    of every row for stacking."""
+    cfg, comp = job.cfg, job.comp
+    device = resolve_device(cfg.device)
+    bs = cfg.network_batch(cfg.image.batch_size)
+    rows = lambda idx: None if tokens is None else tokens[idx]  # noqa: E731
+    train_loader, reseed = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
+                                                 job.store, transforms(cfg, True), rows(job.fit_idx)), bs, cfg, shuffle=True)
+    stop_loader, _ = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.stop_idx]), comp.y[job.stop_idx],
+                                           job.store, transforms(cfg, False), rows(job.stop_idx)), bs * 2, cfg, shuffle=False)
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img")
-    _, train_feats = _eval_probs(job, net, comp.train.iloc[job.train_idx], store, device)
-    val_probs, val_feats = _eval_probs(job, net, comp.train.iloc[job.val_idx], store, device)
-    test_probs, test_feats = _eval_probs(job, net, comp.test, store, device)
-    return FoldOutput(val_probs, test_probs, result.best_f1, result.best_epoch,
-                      {"train": train_feats, "val": val_feats, "test": test_feats}, result.history)
+    val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))
+    test_probs, test_feats = eval_probs(job, net, comp.test, device, test_tokens)
+    feats = None
+    if features:
+        train_feats = eval_probs(job, net, comp.train.iloc[job.train_idx], device, rows(job.train_idx))[1]
+        feats = {"train": train_feats, "val": val_feats, "test": test_feats}
+    return FoldOutput(val_probs, test_probs, result.best_f1, result.best_epoch, feats, result.history)
+
+
+def run(job: FoldJob) -> FoldOutput:
+    net = ImageNet(build_backbone(job.cfg))
+    groups = [{"params": list(net.backbone.parameters()), "lr": backbone_lr(job.cfg)},
+              {"params": list(net.head.parameters()), "lr": job.cfg.image.lr}]
+    return fit_image_net(job, net, groups)
 
 
 def infer(job: FoldJob, frame, upstream):
@@ -179,8 +207,7 @@ def infer(job: FoldJob, frame, upstream):
 
     net = ImageNet(timm.create_model(job.cfg.image.model, pretrained=False, num_classes=0))
     net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
-    device = resolve_device(job.cfg.device)
-    return _eval_probs(job, net, frame, job.store, device)
+    return eval_probs(job, net, frame, resolve_device(job.cfg.device))
 
 
 SPEC = ModelSpec(name="resnet50", kind="image", sections=("image",), run=run, infer=infer)
