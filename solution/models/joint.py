@@ -27,8 +27,10 @@ class JointNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.caption = caption
+        caption_dim = caption.head.in_features
+        caption.head = nn.Identity()  # the Bi-LSTM's own 18-logit head would sit unused: this net has one head
         self.drop = nn.Dropout(dropout)
-        self.head = nn.Linear(backbone.num_features + caption.head.in_features, N_LABELS)
+        self.head = nn.Linear(backbone.num_features + caption_dim, N_LABELS)
         register_imagenet_stats(self)
 
     def embed(self, image, ids):
