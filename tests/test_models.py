@@ -208,3 +208,34 @@ def test_image_training_repeats_exactly_with_the_same_seed(tmp_path):
         meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))
         histories.append([row["train_loss"] for row in meta["history"]])
     assert histories[0] == histories[1]
+
+
+def test_image_training_resumed_after_a_crash_repeats_the_uninterrupted_run(tmp_path, monkeypatch):
+    """last.pt carries the weights, optimiser, scheduler and RNG state, so the epochs after a crash are the same."""
+    import solution.trainer as trainer
+
+    make_dataset(tmp_path / "data", n_train=60, n_test=10, size=(48, 40))
+    args = [f"data_dir={tmp_path / 'data'}", "fold=0", "models=resnet50", *FAST, "image.size=32", "image.epochs=3"]
+
+    def history(out):
+        cfg = build_config([*args, f"out_dir={out}"])
+        comp = load_competition(cfg.data_dir)
+        train(cfg, comp)
+        return [row["train_loss"] for row in load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))[0]["history"]]
+
+    uninterrupted = history(tmp_path / "a")
+    real_save = trainer.save_checkpoint
+
+    def crash_after_first_epoch(path, obj):
+        real_save(path, obj)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt("simulated kill after epoch 1")
+
+    monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        history(tmp_path / "b")
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    messages = []
+    monkeypatch.setattr(trainer.log, "info", messages.append)
+    assert history(tmp_path / "b") == uninterrupted
+    assert any("resuming after epoch 1" in m for m in messages)  # it resumed rather than started over
