@@ -85,14 +85,17 @@ class FusionConfig:
     text_model: str = _opt("bilstm", "model whose features feed the fusion head (one that saves features)", FEATURE_MODELS)
 
 
+# How blended probabilities become label sets (tune.decision); tune and report loop over both.
+DECISIONS = ("thresholds", "expected_f1")
+
+
 @dataclass
 class TuneConfig:
     trials: int = _opt(150, "Optuna trials for the blend weights")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
     decision: str = _opt("expected_f1", "how blended probabilities become labels: Optuna per-label thresholds, or per "
-                                        "image the set with the highest expected F1 after Platt calibration",
-                         ("thresholds", "expected_f1"))
+                                        "image the set with the highest expected F1 after Platt calibration", DECISIONS)
     models: list = _opt_factory(list, "models to blend (empty = every model with complete OOF)")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import log
 from .artefacts import atomic_path, write_json
-from .config import Config
+from .config import DECISIONS, Config
 from .data import Competition
 from .labels import LABELS, NAMES
 from .metric import scores
@@ -143,9 +143,9 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
         "## Decisions compared", "",
         "How the probabilities become labels: per-label thresholds (Optuna), or per image the set with the highest "
         "expected F1 after per-label Platt calibration. The run uses tune.decision.", "",
-        "| model | thresholds in-sample | thresholds nested | expected_f1 in-sample | expected_f1 nested |",
-        "|---|---|---|---|---|",
-        *[f"| {name} | " + " | ".join(f"{e['by_decision'][d][k]:.4f}" for d in ("thresholds", "expected_f1")
+        "| model | " + " | ".join(f"{d} {kind}" for d in DECISIONS for kind in ("in-sample", "nested")) + " |",
+        "|---" * (1 + 2 * len(DECISIONS)) + "|",
+        *[f"| {name} | " + " | ".join(f"{e['by_decision'][d][k]:.4f}" for d in DECISIONS
                                       for k in ("samples_f1_tuned", "samples_f1_nested")) + " |"
           for name, e in [*out["models"].items(), ("blend", b)]], "",
         "## Blend", "", "| model | weight |", "|---|---|",

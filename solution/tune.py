@@ -17,7 +17,7 @@ from scipy.special import expit
 
 from . import log
 from .artefacts import save_arrays, write_json
-from .config import Config
+from .config import DECISIONS, Config
 from .data import Competition
 from .errors import UserError
 from .folds import folds_hash, read_folds
@@ -26,7 +26,6 @@ from .metric import binarize, expected_f1_sets, samples_f1, samples_f1_binary
 from .oof import collect_oof, provenance
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
-DECISIONS = ("thresholds", "expected_f1")
 
 
 @dataclass

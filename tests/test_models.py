@@ -196,17 +196,20 @@ def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_run, tmp_path):
         fit(job, net, [{"params": net.parameters(), "lr": 1e-3}], loader, loader, comp.y, NaNLoss(), 2, reseed)
 
 
+def _fold0_image_losses(data, out, epochs: int) -> list[float]:
+    """Train resnet50 (test_resnet, 32 px) on fold 0 of `data` into `out`; the per-epoch training losses."""
+    cfg = build_config([f"data_dir={data}", f"out_dir={out}", "fold=0", "models=resnet50", *FAST, "image.size=32",
+                        f"image.epochs={epochs}"])
+    comp = load_competition(cfg.data_dir)
+    train(cfg, comp)
+    meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))
+    return [row["train_loss"] for row in meta["history"]]
+
+
 def test_image_training_repeats_exactly_with_the_same_seed(tmp_path):
     """Augmentation draws from the seeded RNGs too (albumentations' own RNG is unseeded by default)."""
     make_dataset(tmp_path / "data", n_train=60, n_test=10, size=(48, 40))
-    histories = []
-    for run in ("a", "b"):
-        cfg = build_config([f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / run}", "fold=0", "models=resnet50",
-                            *FAST, "image.size=32", "image.epochs=2"])
-        comp = load_competition(cfg.data_dir)
-        train(cfg, comp)
-        meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))
-        histories.append([row["train_loss"] for row in meta["history"]])
+    histories = [_fold0_image_losses(tmp_path / "data", tmp_path / run, epochs=2) for run in ("a", "b")]
     assert histories[0] == histories[1]
 
 
@@ -215,15 +218,7 @@ def test_image_training_resumed_after_a_crash_repeats_the_uninterrupted_run(tmp_
     import solution.trainer as trainer
 
     make_dataset(tmp_path / "data", n_train=60, n_test=10, size=(48, 40))
-    args = [f"data_dir={tmp_path / 'data'}", "fold=0", "models=resnet50", *FAST, "image.size=32", "image.epochs=3"]
-
-    def history(out):
-        cfg = build_config([*args, f"out_dir={out}"])
-        comp = load_competition(cfg.data_dir)
-        train(cfg, comp)
-        return [row["train_loss"] for row in load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))[0]["history"]]
-
-    uninterrupted = history(tmp_path / "a")
+    uninterrupted = _fold0_image_losses(tmp_path / "data", tmp_path / "a", epochs=3)
     real_save = trainer.save_checkpoint
 
     def crash_after_first_epoch(path, obj):
@@ -233,9 +228,9 @@ def test_image_training_resumed_after_a_crash_repeats_the_uninterrupted_run(tmp_
 
     monkeypatch.setattr(trainer, "save_checkpoint", crash_after_first_epoch)
     with pytest.raises(KeyboardInterrupt):
-        history(tmp_path / "b")
+        _fold0_image_losses(tmp_path / "data", tmp_path / "b", epochs=3)
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     messages = []
     monkeypatch.setattr(trainer.log, "info", messages.append)
-    assert history(tmp_path / "b") == uninterrupted
+    assert _fold0_image_losses(tmp_path / "data", tmp_path / "b", epochs=3) == uninterrupted
     assert any("resuming after epoch 1" in m for m in messages)  # it resumed rather than started over
