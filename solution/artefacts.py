@@ -1,7 +1,8 @@
 """Atomic writes and provenance-stamped arrays: the only hand-off between stages.
 
-Each array file carries its row ImageIDs and a provenance dict (data fingerprint, folds hash, config
-hash), so a later stage can refuse artefacts that were made from other data, folds or settings.
+Each array file carries its row ImageIDs, a provenance dict (data fingerprint, folds hash, config
+hash) and the hash of its own arrays, so a later stage can refuse artefacts that were made from other
+data, folds or settings, and a stage that stacks on another can name exactly which arrays it read.
 """
 from __future__ import annotations
 
@@ -51,26 +52,56 @@ def file_hash(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
-def save_arrays(path: Path, meta: dict, **arrays: np.ndarray) -> None:
-    """Save arrays plus a JSON meta record in one .npz, atomically."""
+def content_hash(arrays: dict[str, np.ndarray]) -> str:
+    """sha256 of the arrays' names, dtypes, shapes and bytes: the identity of what a file holds."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def save_arrays(path: Path, meta: dict, **arrays: np.ndarray) -> str:
+    """Save arrays plus a JSON meta record (with the arrays' content hash) in one .npz, atomically; returns the hash."""
+    content = content_hash(arrays)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps(meta)), **arrays)
+            np.savez(fh, __meta__=np.array(json.dumps({**meta, "content": content})), **arrays)
             fh.flush()
             os.fsync(fh.fileno())
+    return content
+
+
+def _open_error(path: Path, err: Exception) -> UserError:
+    if isinstance(err, FileNotFoundError):
+        return UserError(f"{path}: missing; rerun the stage that writes it")
+    return UserError(f"{path}: unreadable ({type(err).__name__}); delete it and rerun the stage that writes it")
 
 
 def load_arrays(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """(meta, arrays) of a save_arrays file; a damaged file or one whose arrays no longer match their hash is refused."""
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing; rerun the stage that writes it") from None
-    except Exception as err:  # a damaged zip, a wrong format: never use it
-        raise UserError(f"{path}: unreadable ({type(err).__name__}); delete it and rerun the stage that writes it") from None
-    meta = json.loads(str(arrays.pop("__meta__")))
+        meta = json.loads(str(arrays.pop("__meta__")))
+    except Exception as err:  # missing, a damaged zip, a wrong format: never use it
+        raise _open_error(path, err) from None
+    if "content" in meta and meta["content"] != content_hash(arrays):
+        raise UserError(f"{path}: its arrays do not match the hash recorded when it was written (damaged or edited); "
+                        "delete it and rerun the stage that writes it")
     return meta, arrays
+
+
+def read_meta(path: Path) -> dict:
+    """The meta record of a save_arrays file alone (the arrays stay on disk): cheap provenance checks."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["__meta__"]))
+    except Exception as err:
+        raise _open_error(path, err) from None
 
 
 def check_provenance(path: Path, meta: dict, expected: dict, rerun: str) -> None:

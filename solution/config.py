@@ -96,7 +96,7 @@ class TuneConfig:
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
     decision: str = _opt("expected_f1", "how blended probabilities become labels: Optuna per-label thresholds, or per "
                                         "image the set with the highest expected F1 after Platt calibration", DECISIONS)
-    models: list = _opt_factory(list, "models to blend (empty = every model with complete OOF)")
+    models: list = _opt_factory(list, "models to blend (empty = the models in `models`)")
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Config:
     epochs: typing.Optional[int] = _opt(None, "override every network's max epochs (default: image/text/fusion.epochs)")
     batch_size: typing.Optional[int] = _opt(None, "override every network's batch size")
     num_workers: int = _opt(2, "DataLoader worker processes")
-    patience: int = _opt(4, "early stopping: epochs without a better val samples-F1")
+    patience: int = _opt(4, "early stopping: stop after this many epochs (>= 1) without a better val samples-F1")
     stop_fraction: float = _opt(0.1, "share of the training folds held out for early stopping (0 = watch fold k: optimistic)")
     optimizer: str = _opt("adamw", "optimiser", ("adamw", "adam"))
     scheduler: str = _opt("cosine", "learning-rate schedule", ("cosine", "plateau", "step"))
@@ -265,7 +265,7 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
 MODEL_NAMES = ("resnet50", "bilstm", "tfidf", "minilm", "fusion", "joint")
 
 # Smallest allowed value of each numeric setting that has one (None-able keys are checked when set).
-_MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "patience": 0, "epochs": 1, "batch_size": 1,
+_MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "patience": 1, "epochs": 1, "batch_size": 1,
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,

@@ -12,6 +12,10 @@ from .config import Config
 from .data import Competition
 
 
+def checkpoint_dir(cfg: Config, model: str, k: int) -> Path:
+    return cfg.out / "checkpoints" / model / f"fold{k}"
+
+
 @dataclass
 class FoldJob:
     cfg: Config
@@ -24,7 +28,7 @@ class FoldJob:
 
     @property
     def ckpt_dir(self) -> Path:
-        return self.cfg.out / "checkpoints" / self.model / f"fold{self.k}"
+        return checkpoint_dir(self.cfg, self.model, self.k)
 
     @property
     def label(self) -> str:

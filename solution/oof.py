@@ -3,7 +3,9 @@
 fold<k>.npz          val_ids, val_probs (fold k rows), test_ids, test_probs; meta: provenance, best F1/epoch
 fold<k>.json         the same meta, readable: early-stopping F1 and epoch, OOF F1, per-epoch history
 fold<k>_features.npz train_ids/train, val_ids/val, test_ids/test pooled features (networks only)
-Every file carries its ImageIDs and provenance, and every reader checks both.
+checkpoints/<model>/fold<k>/fold.json  the fold's record: full resolved config, provenance, the content
+                     hashes of its OOF and feature arrays and of its weight files (what `predict` rebuilds from)
+Every file carries its ImageIDs, provenance and content hash, and every reader checks them.
 """
 from __future__ import annotations
 
@@ -11,17 +13,53 @@ from pathlib import Path
 
 import numpy as np
 
-from .artefacts import check_provenance, load_arrays, save_arrays, write_json
+from .artefacts import check_provenance, file_hash, load_arrays, read_json, read_meta, save_arrays, write_json
 from .config import Config
+from .context import checkpoint_dir
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .metric import samples_f1
 from .models import REGISTRY, TRAINING_KEYS, FoldOutput
 
 
-def provenance(cfg: Config, comp, model: str) -> dict:
-    return {"data": comp.fingerprint, "folds": folds_hash(cfg),
-            "config": cfg.section_hash(*TRAINING_KEYS, *REGISTRY[model].sections)}
+def provenance(cfg: Config, comp, model: str, k: int) -> dict:
+    """What fold k of `model` is made from: data, folds, its settings and, for a stack, the content hashes
+    of the upstream feature arrays it reads (so retraining an upstream fold makes the stack's fold stale)."""
+    prov = {"data": comp.fingerprint, "folds": folds_hash(cfg), "config": settings_hash(cfg, model)}
+    upstream = REGISTRY[model].needs(cfg)
+    if upstream:
+        prov["upstream"] = {m: _content_or_none(features_path(cfg, m, k)) for m in upstream}
+    return prov
+
+
+def settings_hash(cfg: Config, model: str) -> str:
+    """Hash of every setting `model` depends on (the same for all its folds)."""
+    return cfg.section_hash(*TRAINING_KEYS, *REGISTRY[model].sections)
+
+
+def oof_contents(cfg: Config, model: str) -> list[str | None]:
+    """The content hash of each fold's OOF file (None where missing): what a blend was tuned on."""
+    return [_content_or_none(oof_path(cfg, model, k)) for k in range(cfg.n_folds)]
+
+
+def _content_or_none(path: Path) -> str | None:
+    try:
+        return read_meta(path).get("content")
+    except UserError:
+        return None
+
+
+def record_path(cfg: Config, model: str, k: int) -> Path:
+    return checkpoint_dir(cfg, model, k) / "fold.json"
+
+
+RECORD_SKIPS = ("last.pt", "fold.json")  # resume state and the record itself: not what predict loads
+
+
+def weight_files(ckpt_dir: Path) -> dict[str, str]:
+    """Hash of every file `infer` may load from a fold's checkpoint folder (best.pt, vocab.json, model.pkl)."""
+    return {p.name: file_hash(p) for p in sorted(ckpt_dir.iterdir())
+            if p.is_file() and p.name not in RECORD_SKIPS and not p.name.startswith(".")}
 
 
 def oof_path(cfg: Config, model: str, k: int) -> Path:
@@ -34,17 +72,24 @@ def features_path(cfg: Config, model: str, k: int) -> Path:
 
 def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: FoldOutput, prov: dict,
               train_idx: np.ndarray) -> None:
+    """Features, then OOF + test probabilities, then the checkpoint record: a fold counts as done only when
+    its probabilities exist, and predict trusts a checkpoint only when its record exists."""
     ids = comp.train["ImageID"].to_numpy(dtype=str)
     test_ids = comp.test["ImageID"].to_numpy(dtype=str)
-    if out.features is not None:  # written first: a fold counts as done only when its probabilities exist
-        save_arrays(features_path(cfg, model, k), {**prov, "model": model, "fold": k},
-                    train_ids=ids[train_idx], train=out.features["train"], val_ids=ids[val_idx],
-                    val=out.features["val"], test_ids=test_ids, test=out.features["test"])
+    features = None
+    if out.features is not None:
+        features = save_arrays(features_path(cfg, model, k), {**prov, "model": model, "fold": k},
+                               train_ids=ids[train_idx], train=out.features["train"], val_ids=ids[val_idx],
+                               val=out.features["val"], test_ids=test_ids, test=out.features["test"])
     meta = {**prov, "model": model, "fold": k, "best_f1": out.best_f1, "best_epoch": out.best_epoch,
             "oof_samples_f1_at_0.5": samples_f1(comp.y[val_idx], out.val_probs), "history": out.history}
-    write_json(oof_path(cfg, model, k).with_suffix(".json"), meta)  # for people; stages read the .npz
-    save_arrays(oof_path(cfg, model, k), meta, val_ids=ids[val_idx], val_probs=out.val_probs.astype(np.float32),
-                test_ids=test_ids, test_probs=out.test_probs.astype(np.float32))
+    content = save_arrays(oof_path(cfg, model, k), meta, val_ids=ids[val_idx], val_probs=out.val_probs.astype(np.float32),
+                          test_ids=test_ids, test_probs=out.test_probs.astype(np.float32))
+    write_json(oof_path(cfg, model, k).with_suffix(".json"), {**meta, "content": content})  # for people
+    ckpt = checkpoint_dir(cfg, model, k)
+    ckpt.mkdir(parents=True, exist_ok=True)
+    write_json(record_path(cfg, model, k), {"model": model, "fold": k, "config": cfg.to_dict(), "provenance": prov,
+                                            "oof": content, "features": features, "files": weight_files(ckpt)})
 
 
 def _rerun(model: str, k: int) -> str:
@@ -66,21 +111,29 @@ def load_fold(cfg: Config, comp, model: str, k: int, prov: dict, features: bool 
 
 
 def fold_done(cfg: Config, comp, model: str, k: int, prov: dict) -> bool:
+    """Fold k's probabilities are there, current, and its checkpoint record names exactly them."""
     try:
-        load_fold(cfg, comp, model, k, prov)
-        return True
-    except UserError:
+        meta, _ = load_fold(cfg, comp, model, k, prov)
+        return read_record(cfg, model, k).get("oof") == meta["content"]
+    except (UserError, KeyError):
         return False
+
+
+def read_record(cfg: Config, model: str, k: int) -> dict:
+    """Fold k's checkpoint record, refused in one line when training of that fold did not finish."""
+    path = record_path(cfg, model, k)
+    if not path.exists():
+        raise UserError(f"{path} is missing: fold {k} of {model} has not finished training; run {_rerun(model, k)}")
+    return read_json(path)
 
 
 def collect_oof(cfg: Config, comp, model: str) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Full OOF matrix in train.csv order, test probabilities averaged over folds, per-fold meta."""
     fold_of_row = read_folds(cfg, comp)
-    prov = provenance(cfg, comp, model)
     oof = np.full((len(comp.train), comp.y.shape[1]), np.nan, dtype=np.float32)
     tests, metas = [], []
     for k in range(cfg.n_folds):
-        meta, arrays = load_fold(cfg, comp, model, k, prov)
+        meta, arrays = load_fold(cfg, comp, model, k, provenance(cfg, comp, model, k))
         oof[fold_of_row == k] = arrays["val_probs"]
         tests.append(arrays["test_probs"])
         metas.append(meta)

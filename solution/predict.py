@@ -1,61 +1,115 @@
 """`predict`: run the saved fold models on a data_dir's test.csv (no training) and blend them into a submission.
 
-The architecture settings come from the training run's oof/config.json; only data_dir, device,
-num_workers and batch sizes may differ.
+Every fold model is rebuilt from its checkpoint record (checkpoints/<model>/fold<k>/fold.json: the full
+resolved config it was trained with, its provenance and the hashes of its OOF arrays and weight files),
+and used only when the record matches what `tune` blended. So on the training run's own test.csv,
+`predict` writes exactly the submission `submit` writes, and otherwise refuses in one line.
+Only data_dir, out_dir, device and num_workers come from this run.
 """
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
 from . import log
 from .artefacts import load_arrays, read_json
 from .config import Config, config_from_dict
-from .context import FoldJob
+from .context import FoldJob, checkpoint_dir
 from .data import load_test_only
 from .errors import UserError
-from .models import REGISTRY, needs_images, training_order
+from .models import REGISTRY
+from .oof import oof_path, read_record, weight_files
 from .submit import write_submission
-from .train import prepare_images
 from .tune import combine, rank_transform
 
-RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers", "batch_size")
+RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers")
 
 
-def training_config(cfg: Config) -> Config:
-    """The config the models were trained with, with this run's runtime keys on top."""
-    path = cfg.out / "oof" / "config.json"
-    if not path.exists():
-        raise UserError(f"{path} is missing; predict needs a finished ./run.sh train and ./run.sh tune in out_dir={cfg.out_dir}")
-    merged = config_from_dict(read_json(path))
-    for key in RUNTIME_KEYS:
-        setattr(merged, key, getattr(cfg, key))
-    return merged
+def fold_config(cfg: Config, record: dict) -> Config:
+    """The config a fold was trained with, with this run's runtime keys on top."""
+    trained = config_from_dict(record["config"])
+    return dataclasses.replace(trained, **{key: getattr(cfg, key) for key in RUNTIME_KEYS})
+
+
+def _verified_record(cfg: Config, blend: dict, model: str, k: int) -> dict:
+    """Fold k's record of `model`, refused unless its weights are unchanged and it is what the blend used."""
+    record = read_record(cfg, model, k)
+    rerun = f"./run.sh train models={model} fold={k}"
+    for key in ("data", "folds"):
+        if record["provenance"].get(key) != blend["provenance"][key]:
+            raise UserError(f"{checkpoint_dir(cfg, model, k)} was trained on other {key} than oof/blend.json; "
+                            f"rerun {rerun}, then ./run.sh tune")
+    if weight_files(checkpoint_dir(cfg, model, k)) != record["files"]:
+        raise UserError(f"{checkpoint_dir(cfg, model, k)}: its weight files changed after training finished; "
+                        f"rerun {rerun} force=true")
+    tuned_on = blend["provenance"]["oof"].get(model)
+    if tuned_on is not None and tuned_on[k] != record["oof"]:
+        raise UserError(f"{model} fold {k} was retrained after ./run.sh tune; rerun ./run.sh tune, then predict")
+    return record
+
+
+def _tuned_oof(cfg: Config, blend: dict, model: str, k: int) -> np.ndarray:
+    meta, arrays = load_arrays(oof_path(cfg, model, k))
+    if meta["content"] != blend["provenance"]["oof"][model][k]:
+        raise UserError(f"{oof_path(cfg, model, k)} changed after ./run.sh tune; rerun ./run.sh tune, then predict")
+    return arrays["val_probs"]
+
+
+def _fold_models(cfg: Config, blend: dict, k: int) -> dict[str, dict]:
+    """Records of the blended models of fold k and of every model they stack on, inputs first."""
+    records: dict[str, dict] = {}
+
+    def visit(model: str) -> None:
+        if model in records:
+            return
+        record = _verified_record(cfg, blend, model, k)
+        for upstream in REGISTRY[model].needs(config_from_dict(record["config"])):
+            visit(upstream)
+            if records[upstream]["features"] != record["provenance"]["upstream"][upstream]:
+                raise UserError(f"{model} fold {k} stacks on {upstream} features that were retrained since; "
+                                f"rerun ./run.sh train models={model} fold={k}, then ./run.sh tune")
+        records[model] = record
+
+    for model in blend["models"]:
+        visit(model)
+    return records
 
 
 def predict(cfg: Config) -> None:
-    record_path = cfg.out / "oof" / "blend.json"
-    if not record_path.exists():
-        raise UserError(f"{record_path} is missing; run ./run.sh tune before predict")
-    record = read_json(record_path)
-    cfg = training_config(cfg)
+    blend_path = cfg.out / "oof" / "blend.json"
+    if not blend_path.exists():
+        raise UserError(f"{blend_path} is missing; predict needs a finished ./run.sh train and ./run.sh tune in "
+                        f"out_dir={cfg.out_dir}")
+    blend = read_json(blend_path)
+    if "oof" not in blend.get("provenance", {}):
+        raise UserError(f"{blend_path} was written by an older version; rerun ./run.sh tune")
     comp = load_test_only(cfg.data_dir)
-    models = record["models"]
-    order = training_order(cfg, models)
-    store = prepare_images(cfg, comp, (comp.test,)) if needs_images(cfg, order) else None
-    per_fold: dict[int, dict] = {k: {} for k in range(cfg.n_folds)}
-    for model in order:
-        for k in range(cfg.n_folds):
-            job = FoldJob(cfg, comp, np.zeros(0, int), k, model, {}, store)
-            if not job.ckpt_dir.exists():
-                raise UserError(f"{job.ckpt_dir} is missing; run ./run.sh train models={model} fold={k}")
-            per_fold[k][model] = REGISTRY[model].infer(job, comp.test, per_fold[k])
-        log.info(f"predict {model}: {cfg.n_folds} fold models applied to {len(comp.test)} rows")
-    tests = {m: np.mean([per_fold[k][m][0] for k in range(cfg.n_folds)], axis=0) for m in models}
-    if record["blend"] == "rank":
+    n_folds = blend["n_folds"]
+    folds = [_fold_models(cfg, blend, k) for k in range(n_folds)]  # every check before any inference
+    stores: dict[int, object] = {}
+    probs: dict[str, list[np.ndarray]] = {}
+    for k, records in enumerate(folds):
+        outputs: dict[str, tuple] = {}
+        for model, record in records.items():
+            fcfg = fold_config(cfg, record)
+            store = None
+            if REGISTRY[model].kind == "image":
+                from .train import prepare_images
+
+                if fcfg.image.size not in stores:
+                    stores[fcfg.image.size] = prepare_images(fcfg, comp, (comp.test,))
+                store = stores[fcfg.image.size]
+            job = FoldJob(fcfg, comp, np.zeros(0, int), k, model, record["provenance"], store)
+            outputs[model] = REGISTRY[model].infer(job, comp.test, outputs)
+            probs.setdefault(model, []).append(np.asarray(outputs[model][0], dtype=np.float32))
+        log.info(f"predict fold {k}: {', '.join(records)} applied to {len(comp.test)} rows")
+    models = blend["models"]
+    tests = {m: np.mean(probs[m], axis=0) for m in models}  # as oof.collect_oof averages the saved test predictions
+    if blend["blend"] == "rank":  # the test probabilities on the scale of the OOF the blend was tuned on
         for model in models:
-            oof = np.concatenate([load_arrays(cfg.out / "oof" / model / f"fold{k}.npz")[1]["val_probs"]
-                                  for k in range(cfg.n_folds)])
+            oof = np.concatenate([_tuned_oof(cfg, blend, model, k) for k in range(n_folds)])
             tests[model] = rank_transform(oof, tests[model])[1]
-    weights = np.array([record["weights"][m] for m in models])
-    probs = combine(np.stack([tests[m] for m in models]), weights)
-    write_submission(cfg, comp, comp.test["ImageID"].to_numpy(dtype=str), probs, record)
+    weights = np.array([blend["weights"][m] for m in models])
+    write_submission(cfg, comp, comp.test["ImageID"].to_numpy(dtype=str),
+                     combine(np.stack([tests[m] for m in models]), weights), blend)

@@ -16,7 +16,7 @@ from .labels import LABELS, NAMES
 from .metric import scores
 from .oof import collect_oof
 from .submit import load_blend
-from .tune import Tuned
+from .tune import Tuned, rank_transform
 
 CURVE = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -95,6 +95,8 @@ def report(cfg: Config, comp: Competition) -> dict:
     models, curves = {}, {}
     for model in record["models"]:
         oof, _, metas = collect_oof(cfg, comp, model)
+        if record["blend"] == "rank":  # its thresholds and calibration were fitted on the rank scale
+            oof = rank_transform(oof, oof)[0]
         entry = _entry(comp.y, oof, record["per_model"][model], record["decision"])
         for fold, meta in zip(entry["per_fold"], metas):
             fold.update(best_epoch=meta["best_epoch"], early_stop_f1=meta["best_f1"])

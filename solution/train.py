@@ -17,7 +17,7 @@ from .folds import make_folds
 from .images import report_skipped
 from .metric import samples_f1
 from .models import REGISTRY, needs_images, training_order
-from .oof import collect_oof, fold_done, provenance, save_fold
+from .oof import collect_oof, fold_done, provenance, record_path, save_fold
 from .trainer import seed_everything
 
 
@@ -44,8 +44,8 @@ def train(cfg: Config, comp: Competition) -> None:
     save_config(cfg, cfg.out / "oof" / "config.json")
     for model in order:
         spec = REGISTRY[model]
-        prov = provenance(cfg, comp, model)
         for k in cfg.fold:
+            prov = provenance(cfg, comp, model, k)  # per fold: a stack's depends on its upstream fold's features
             job = FoldJob(cfg, comp, fold_of_row, k, model, prov, store)
             if fold_done(cfg, comp, model, k, prov):
                 if not cfg.force:
@@ -54,6 +54,7 @@ def train(cfg: Config, comp: Competition) -> None:
                     continue
             if cfg.force and job.ckpt_dir.exists():
                 shutil.rmtree(job.ckpt_dir)
+            record_path(cfg, model, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
             seed_everything(cfg.seed * 100 + k)
             start = time.time()
             out = spec.run(job)
@@ -61,10 +62,9 @@ def train(cfg: Config, comp: Competition) -> None:
             log.info(f"{job.label}: fold {k} samples-F1 at 0.5 = {samples_f1(comp.y[job.val_idx], out.val_probs):.4f} "
                      f"on its {len(job.val_idx)} unseen rows ({time.time() - start:.0f}s)")
     for model in order:
-        prov = provenance(cfg, comp, model)
-        if all(fold_done(cfg, comp, model, k, prov) for k in range(cfg.n_folds)):
+        missing = [k for k in range(cfg.n_folds) if not fold_done(cfg, comp, model, k, provenance(cfg, comp, model, k))]
+        if not missing:
             oof, _, _ = collect_oof(cfg, comp, model)
             log.info(f"{model}: all {cfg.n_folds} folds done; OOF samples-F1 at 0.5 = {samples_f1(comp.y, oof):.4f}")
         else:
-            missing = [k for k in range(cfg.n_folds) if not fold_done(cfg, comp, model, k, prov)]
             log.info(f"{model}: folds {','.join(map(str, missing))} still to train before tune/submit")

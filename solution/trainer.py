@@ -80,6 +80,19 @@ def load_checkpoint(path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def _resume_state(job: FoldJob, last_path) -> dict | None:
+    """last.pt, or None when there is none or it cannot be read (a kill mid-write on a filesystem without
+    atomic rename, a truncated copy): the fold then starts over, and the log says why."""
+    if not last_path.exists():
+        return None
+    try:
+        return load_checkpoint(last_path)
+    except Exception as err:  # any unpickling or zip error means the file is unusable
+        log.warn(f"{job.label}: {last_path} is unreadable ({type(err).__name__}); starting this fold from scratch")
+        last_path.unlink(missing_ok=True)
+        return None
+
+
 @dataclass
 class FitResult:
     best_f1: float
@@ -160,8 +173,8 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
     scheduler = _make_scheduler(cfg, optimizer, epochs)
     last_path, best_path = job.ckpt_dir / "last.pt", job.ckpt_dir / "best.pt"
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    if last_path.exists():
-        ckpt = load_checkpoint(last_path)
+    ckpt = _resume_state(job, last_path)
+    if ckpt is not None:
         if ckpt.get("provenance") == job.provenance:
             net.load_state_dict(ckpt["model"])
             optimizer.load_state_dict(ckpt["optimizer"])

@@ -23,7 +23,7 @@ from .errors import UserError
 from .folds import folds_hash, read_folds
 from .labels import LABELS, N_LABELS
 from .metric import binarize, expected_f1_sets, samples_f1, samples_f1_binary
-from .oof import collect_oof, provenance
+from .oof import collect_oof, oof_contents, settings_hash
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
 
@@ -220,6 +220,11 @@ def fit_tuning(stack: np.ndarray, y: np.ndarray, cfg: Config) -> Tuned:
     return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0), fit_calibration(y, blend))
 
 
+def nested_tunings(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Config) -> list[Tuned]:
+    """For each fold k, weights, thresholds and calibration fitted on the other folds' OOF rows only."""
+    return [fit_tuning(stack[:, fold_of_row != k], y[fold_of_row != k], cfg) for k in range(cfg.n_folds)]
+
+
 def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Config) -> dict:
     """At-0.5, in-sample tuned and nested scores of one blend (a single model is a blend of one).
 
@@ -231,9 +236,8 @@ def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Con
     plain = combine(stack, np.ones(len(stack)))
     in_sample = {d: tuned.label_sets(blend, d) for d in DECISIONS}
     per_fold = []
-    for k in range(cfg.n_folds):
-        fit_rows, held = fold_of_row != k, fold_of_row == k
-        inner = fit_tuning(stack[:, fit_rows], y[fit_rows], cfg)
+    for k, inner in enumerate(nested_tunings(stack, y, fold_of_row, cfg)):
+        held = fold_of_row == k
         held_blend = combine(stack[:, held], inner.weights)
         nested = {d: samples_f1_binary(y[held], inner.label_sets(held_blend, d)) for d in DECISIONS}
         per_fold.append({"fold": k, "samples_f1_at_0.5": samples_f1(y[held], plain[held]),
@@ -259,9 +263,10 @@ def tune(cfg: Config, comp: Competition) -> dict:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     models = blend_models(cfg)
     fold_of_row = read_folds(cfg, comp)
-    oofs, tests = {}, {}
+    oofs, tests, contents = {}, {}, {}
     for model in models:
-        oofs[model], tests[model], _ = collect_oof(cfg, comp, model)
+        oofs[model], tests[model], metas = collect_oof(cfg, comp, model)
+        contents[model] = [meta["content"] for meta in metas]
     if cfg.tune.blend == "rank":
         for model in models:
             oofs[model], tests[model] = rank_transform(oofs[model], tests[model])
@@ -276,8 +281,9 @@ def tune(cfg: Config, comp: Competition) -> dict:
     blend = evaluate(stack, comp.y, fold_of_row, cfg)
     seconds = time.time() - start
     tuned: Tuned = blend["tuned"]
-    weights = dict(zip(models, tuned.weights.round(4).tolist()))
-    log.info(f"tune blend ({cfg.tune.blend}) of {', '.join(models)}: weights {weights}")
+    weights = dict(zip(models, tuned.weights.tolist()))  # full precision: predict must blend exactly as submit
+    log.info(f"tune blend ({cfg.tune.blend}) of {', '.join(models)}: weights "
+             f"{ {m: round(w, 4) for m, w in weights.items()} }")
     log.info(f"tune blend: samples-F1 at 0.5 {blend['samples_f1_at_0.5']:.4f}  global threshold "
              f"{tuned.global_threshold:.2f} -> {blend['samples_f1_global']:.4f}  {cfg.tune.decision} "
              f"{blend['samples_f1_tuned']:.4f} (in-sample)  nested {blend['samples_f1_nested']:.4f} "
@@ -290,9 +296,7 @@ def tune(cfg: Config, comp: Competition) -> dict:
         "by_decision": blend["by_decision"], "per_fold": blend["per_fold"],
         "per_model": {m: {**{k: v for k, v in r.items() if k != "tuned"}, **r["tuned"].to_record()}
                       for m, r in results.items()},
-        "provenance": {"data": comp.fingerprint, "folds": folds_hash(cfg),
-                       "models": {m: provenance(cfg, comp, m)["config"] for m in models}},
-        "seconds": seconds,
+        "n_folds": cfg.n_folds, "provenance": _blend_provenance(cfg, comp, models, contents), "seconds": seconds,
     }
     final_oof = combine(stack, tuned.weights)
     final_test = combine(np.stack([tests[m] for m in models]), tuned.weights)
@@ -307,13 +311,23 @@ def _decisions(result: dict) -> str:
                      for d, r in result["by_decision"].items())
 
 
+def _blend_provenance(cfg: Config, comp: Competition, models: list[str], contents: dict[str, list]) -> dict:
+    """Data, folds, each model's settings and the content hash of every OOF file the blend was tuned on."""
+    return {"data": comp.fingerprint, "folds": folds_hash(cfg), "models": {m: settings_hash(cfg, m) for m in models},
+            "oof": contents}
+
+
 def check_blend_fresh(cfg: Config, comp: Competition, record: dict) -> None:
-    """Refuse a blend made from other data, folds or model settings than the current run's."""
-    want = {"data": comp.fingerprint, "folds": folds_hash(cfg),
-            "models": {m: provenance(cfg, comp, m)["config"] for m in record.get("models", [])}}
-    for key in ("data", "folds", "models"):
-        if record.get("provenance", {}).get(key) != want[key]:
-            raise UserError(f"{cfg.out / 'oof' / 'blend.json'} is stale (its {key} differ from the current run); "
+    """Refuse a blend made from other data, folds, model settings or OOF files than the current run's."""
+    models = record.get("models", [])
+    want = _blend_provenance(cfg, comp, models, {m: oof_contents(cfg, m) for m in models})
+    have = record.get("provenance", {})
+    for key in ("data", "folds", "models", "oof"):
+        if have.get(key) != want[key]:
+            changed = [f"{m} fold {k}" for m in models for k, now in enumerate(want["oof"][m])
+                       if now != (have.get("oof", {}).get(m) or [None] * len(want["oof"][m]))[k]]
+            detail = f": {', '.join(changed)} retrained since" if key == "oof" else ""
+            raise UserError(f"{cfg.out / 'oof' / 'blend.json'} is stale (its {key} differ from the current run{detail}); "
                             "rerun ./run.sh tune")
     for key in ("blend", "decision"):
         if record.get(key) != getattr(cfg.tune, key):

@@ -202,7 +202,7 @@ def _fold0_image_losses(data, out, epochs: int) -> list[float]:
                         f"image.epochs={epochs}"])
     comp = load_competition(cfg.data_dir)
     train(cfg, comp)
-    meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50"))
+    meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50", 0))
     return [row["train_loss"] for row in meta["history"]]
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from solution.demo import make_dataset
 from solution.labels import LABELS
 from solution.models import REGISTRY, training_order
 from solution.oof import oof_path
-from solution.predict import training_config
+from solution.cli import main as cli_main
+from solution.oof import read_record
+from solution.predict import fold_config
 from solution.train import prepare_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,14 +118,67 @@ def test_predict_scores_a_new_test_set_without_training(finished, tmp_path):
 def test_infer_reproduces_every_models_saved_test_predictions(finished):
     """What predict runs (each model's infer on the saved fold weights) gives what training saved."""
     root, _ = finished
-    cfg = training_config(build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "num_workers=0"]))
+    cfg = build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "num_workers=0"])
     comp = load_test_only(cfg.data_dir)
-    store = prepare_images(cfg, comp, (comp.test,))
     upstream = {}
-    for model in training_order(cfg, cfg.models):
-        upstream[model] = REGISTRY[model].infer(FoldJob(cfg, comp, np.zeros(0, int), 1, model, {}, store), comp.test, upstream)
+    for model in ("resnet50", "bilstm", "tfidf", "fusion", "joint"):
+        fcfg = fold_config(cfg, read_record(cfg, model, 1))
+        store = prepare_images(fcfg, comp, (comp.test,))
+        job = FoldJob(fcfg, comp, np.zeros(0, int), 1, model, {}, store)
+        upstream[model] = REGISTRY[model].infer(job, comp.test, upstream)
         saved = load_arrays(oof_path(cfg, model, 1))[1]["test_probs"]
-        np.testing.assert_allclose(upstream[model][0], saved, atol=1e-4, err_msg=model)
+        np.testing.assert_array_equal(np.asarray(upstream[model][0], np.float32), saved, err_msg=model)
+
+
+def _in_process(*args) -> None:
+    """The CLI in this process (no interpreter start-up per call); exit 0 is required."""
+    assert cli_main([str(a) for a in args]) == 0, args
+
+
+@pytest.mark.parametrize("blend", ["mean", "rank"])
+@pytest.mark.parametrize("decision", ["thresholds", "expected_f1"])
+def test_predict_on_the_training_test_csv_reproduces_the_submission(finished, tmp_path, blend, decision):
+    """predict rebuilds every fold model from its checkpoint record; on test.csv it must equal submit exactly."""
+    root, _ = finished
+    out = Path(shutil.copytree(root / "out", tmp_path / "out"))
+    common = [f"data_dir={root / 'data'}", f"out_dir={out}", "models=resnet50,bilstm,tfidf,fusion,joint", *TINY,
+              f"tune.blend={blend}", f"tune.decision={decision}"]
+    _in_process("tune", *common)
+    _in_process("submit", *common)
+    submitted = (out / "submissions" / "submission.csv").read_text()
+    (out / "submissions" / "submission.csv").unlink()
+    _in_process("predict", f"data_dir={root / 'data'}", f"out_dir={out}", "num_workers=0")
+    assert (out / "submissions" / "submission.csv").read_text() == submitted
+
+
+def assert_refused(capsys, args: list, *needles: str) -> None:
+    """The in-process CLI exits 2 and its last stderr line is the one-line error naming every needle."""
+    capsys.readouterr()
+    assert cli_main([str(a) for a in args]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and all(n in line for n in needles), line
+
+
+def test_predict_refuses_a_model_retrained_after_tune(finished, tmp_path, capsys):
+    root, _ = finished
+    out = Path(shutil.copytree(root / "out", tmp_path / "out"))
+    common = [f"data_dir={root / 'data'}", f"out_dir={out}", *TINY]
+    _in_process("train", *common, "models=tfidf", "fold=0", "text.tfidf_c=0.5")
+    assert_refused(capsys, ["predict", *common[:2]], "tfidf fold 0 was retrained after ./run.sh tune", "rerun ./run.sh tune")
+    submission = "submissions/submission.csv"
+    assert (out / submission).read_text() == (root / "out" / submission).read_text()  # the refusal wrote nothing
+
+
+def test_fusion_is_stale_when_an_upstream_fold_is_retrained(finished, tmp_path, capsys):
+    """fusion's provenance holds the content hashes of the features it stacked on: predict and tune both refuse."""
+    root, _ = finished
+    out = Path(shutil.copytree(root / "out", tmp_path / "out"))
+    common = [f"data_dir={root / 'data'}", f"out_dir={out}", *TINY]
+    _in_process("tune", *common, "models=fusion")
+    _in_process("train", *common, "models=bilstm", "fold=2", "text.hidden=8")
+    assert_refused(capsys, ["predict", *common[:2]], "fusion fold 2 stacks on bilstm features that were retrained since",
+                   "models=fusion fold=2")
+    assert_refused(capsys, ["tune", *common, "models=fusion", "text.hidden=8"], "stale", "./run.sh train models=fusion fold=")
 
 
 def test_changed_settings_make_old_oof_stale(finished, tmp_path):
@@ -177,32 +233,16 @@ def test_image_model_smoke_on_real_coco_photos(tmp_path):
         assert (tmp_path / "oof" / "resnet50" / f"fold{k}.npz").exists()
 
 
-def test_rank_blend_tunes_and_submits(finished, tmp_path):
+def test_threshold_decision_submits_and_a_changed_decision_needs_a_new_tune(finished, tmp_path, capsys):
     root, _ = finished
-    out_copy = tmp_path / "out"
-    subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
-    common = [f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion", *TINY,
-              "tune.blend=rank"]
-    cli("tune", *common)
-    record = json.loads((out_copy / "oof" / "blend.json").read_text())
-    assert record["blend"] == "rank" and 0 < record["f1"]["samples_f1_nested"] <= 1
-    cli("submit", *common)
-    sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
-    assert len(sub) == 25 and all(sub["Labels"])
-
-
-def test_threshold_decision_submits_and_a_changed_decision_needs_a_new_tune(finished, tmp_path):
-    root, _ = finished
-    out_copy = tmp_path / "out"
-    subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
+    out_copy = Path(shutil.copytree(root / "out", tmp_path / "out"))
     common = [f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion", *TINY]
-    cli("tune", *common, "tune.decision=thresholds")
+    _in_process("tune", *common, "tune.decision=thresholds")
     record = json.loads((out_copy / "oof" / "blend.json").read_text())
     assert record["decision"] == "thresholds"
     assert record["f1"]["samples_f1_nested"] == record["by_decision"]["thresholds"]["samples_f1_nested"]
-    proc = cli("submit", *common, check=False)  # the default decision is expected_f1
-    assert proc.returncode == 2 and "tune.decision=thresholds" in proc.stderr and "rerun ./run.sh tune" in proc.stderr
-    cli("submit", *common, "tune.decision=thresholds")
+    assert_refused(capsys, ["submit", *common], "tune.decision=thresholds", "rerun ./run.sh tune")  # default: expected_f1
+    _in_process("submit", *common, "tune.decision=thresholds")
     sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
     assert len(sub) == 25 and all(sub["Labels"])
 

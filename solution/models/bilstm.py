@@ -66,6 +66,11 @@ def caption_branch(cfg, vectors) -> BiLSTM:
     return BiLSTM(vectors, cfg.text.hidden, cfg.text.layers, cfg.text.dropout)
 
 
+def _predict_batch(cfg) -> int:
+    """Rows per prediction batch, the same in training and `infer`, so both give the same bits."""
+    return cfg.network_batch(cfg.text.batch_size) * 4
+
+
 def run(job: FoldJob) -> FoldOutput:
     with cpu_threads(job.cfg.text.threads):
         return _train(job)
@@ -77,14 +82,14 @@ def _train(job: FoldJob) -> FoldOutput:
     ids = encode(cfg, vocab, comp.train)
     bs = cfg.network_batch(cfg.text.batch_size)
     train_loader, reseed = make_loader(ArrayRows([ids[job.fit_idx]], comp.y[job.fit_idx]), bs, cfg, shuffle=True)
-    stop_loader, _ = make_loader(ArrayRows([ids[job.stop_idx]], comp.y[job.stop_idx]), bs * 4, cfg, shuffle=False)
+    stop_loader, _ = make_loader(ArrayRows([ids[job.stop_idx]], comp.y[job.stop_idx]), _predict_batch(cfg), cfg, shuffle=False)
     net = caption_branch(cfg, vectors)
     result = fit(job, net, [{"params": net.parameters(), "lr": cfg.text.lr}], train_loader, stop_loader,
                  comp.y[job.stop_idx], caption_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.text.epochs), reseed)
     device = resolve_device(cfg.device)
     out = {}
     for part, rows in (("train", ids[job.train_idx]), ("val", ids[job.val_idx]), ("test", encode(cfg, vocab, comp.test))):
-        loader, _ = make_loader(ArrayRows([rows], None), bs * 4, cfg, shuffle=False)
+        loader, _ = make_loader(ArrayRows([rows], None), _predict_batch(cfg), cfg, shuffle=False)
         out[part] = predict(net, loader, device, desc=f"{job.label} predict {part}")
     return FoldOutput(out["val"][0], out["test"][0], result.best_f1, result.best_epoch,
                       {part: out[part][1] for part in out}, result.history)
@@ -94,7 +99,7 @@ def infer(job: FoldJob, frame, upstream):
     vocab, vectors = saved_vocab(job)
     net = caption_branch(job.cfg, vectors)
     net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
-    loader, _ = make_loader(ArrayRows([encode(job.cfg, vocab, frame)], None), 1024, job.cfg, shuffle=False)
+    loader, _ = make_loader(ArrayRows([encode(job.cfg, vocab, frame)], None), _predict_batch(job.cfg), job.cfg, shuffle=False)
     with cpu_threads(job.cfg.text.threads):
         return predict(net, loader, resolve_device(job.cfg.device), desc=f"{job.label} predict")
 

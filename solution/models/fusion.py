@@ -22,7 +22,10 @@ def _fold_features(job: FoldJob) -> dict[str, np.ndarray]:
 
     parts = []
     for model in _upstream(job.cfg):
-        _, arrays = load_fold(job.cfg, job.comp, model, job.k, provenance(job.cfg, job.comp, model), features=True)
+        meta, arrays = load_fold(job.cfg, job.comp, model, job.k, provenance(job.cfg, job.comp, model, job.k), features=True)
+        if meta["content"] != job.provenance["upstream"][model]:  # another process retrained it meanwhile
+            raise UserError(f"oof/{model}/fold{job.k}_features.npz changed while fusion fold {job.k} started; "
+                            f"run ./run.sh train models=fusion fold={job.k}")
         ids = job.comp.train["ImageID"].to_numpy(dtype=str)
         if not np.array_equal(arrays["train_ids"], ids[job.train_idx]):
             raise UserError(f"oof/{model}/fold{job.k}_features.npz: train rows do not line up; "

@@ -19,7 +19,6 @@ from ..trainer import fit, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def _hub_reachable() -> bool:
@@ -102,29 +101,36 @@ class ImageNet(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = nn.Linear(backbone.num_features, N_LABELS)
-        register_imagenet_stats(self)
+        register_input_stats(self, backbone)
 
     def embed(self, x):
         return self.backbone(normalise(self, x))
 
 
-def register_imagenet_stats(net: nn.Module) -> None:
-    """ImageNet mean and std on the 0..255 scale, as non-saved buffers that follow the net to its device."""
-    net.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255, persistent=False)
-    net.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255, persistent=False)
+def register_input_stats(net: nn.Module, backbone: nn.Module) -> None:
+    """The backbone's own pretraining statistics (timm's data config: ImageNet's, CLIP's, Inception's 0.5...):
+    mean and std on the 0..255 scale and the eval crop ratio, as saved buffers, so every checkpoint records
+    how its inputs were scaled and cropped, and `infer` restores exactly that."""
+    from timm.data import resolve_model_data_config
+
+    data = resolve_model_data_config(backbone)
+    net.register_buffer("mean", torch.tensor(data["mean"], dtype=torch.float32).view(1, 3, 1, 1) * 255)
+    net.register_buffer("std", torch.tensor(data["std"], dtype=torch.float32).view(1, 3, 1, 1) * 255)
+    net.register_buffer("crop_pct", torch.tensor(float(data.get("crop_pct") or 1 / CACHE_SCALE)))
 
 
 def normalise(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x.float() - net.mean) / net.std
 
 
-def transforms(cfg, train: bool) -> A.Compose:
-    """uint8 CHW tensors out; ImageNet normalisation happens in the network (ImageNet.embed)."""
+def transforms(cfg, train: bool, crop_pct: float = 1 / CACHE_SCALE) -> A.Compose:
+    """uint8 CHW tensors out; normalisation happens in the network (ImageNet.embed). Eval resizes the shorter
+    side to size / crop_pct (the backbone's eval crop ratio) and takes the centre."""
     size = cfg.image.size
     if train:
         flips = [A.HorizontalFlip(p=0.5)] + ([A.VerticalFlip(p=0.5)] if cfg.image.vflip else [])
         return A.Compose([A.RandomResizedCrop(size=(size, size), scale=(0.35, 1.0)), *flips, ToTensorV2()])
-    return A.Compose([A.SmallestMaxSize(max_size=round(CACHE_SCALE * size)), A.CenterCrop(size, size), ToTensorV2()])
+    return A.Compose([A.SmallestMaxSize(max_size=max(size, round(size / crop_pct))), A.CenterCrop(size, size), ToTensorV2()])
 
 
 class ImageRows(torch.utils.data.Dataset):
@@ -158,7 +164,8 @@ def image_paths(job: FoldJob, frame):
 def eval_probs(job: FoldJob, net: nn.Module, frame, device, tokens: np.ndarray | None = None):
     """Probabilities and pooled features of `frame`'s rows (tokens: their caption ids, for two-input nets)."""
     cfg = job.cfg
-    loader, _ = make_loader(ImageRows(image_paths(job, frame), None, job.store, transforms(cfg, False), tokens),
+    eval_transform = transforms(cfg, False, float(net.crop_pct))
+    loader, _ = make_loader(ImageRows(image_paths(job, frame), None, job.store, eval_transform, tokens),
                             cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False)
     return predict(net, loader, device, tta_flip=cfg.image.tta, desc=f"{job.label} predict")
 
@@ -180,7 +187,8 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     train_loader, reseed = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
                                                  job.store, transforms(cfg, True), rows(job.fit_idx)), bs, cfg, shuffle=True)
     stop_loader, _ = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.stop_idx]), comp.y[job.stop_idx],
-                                           job.store, transforms(cfg, False), rows(job.stop_idx)), bs * 2, cfg, shuffle=False)
+                                           job.store, transforms(cfg, False, float(net.crop_pct)), rows(job.stop_idx)),
+                                 bs * 2, cfg, shuffle=False)
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img")
     val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))

@@ -15,7 +15,7 @@ from ..labels import N_LABELS
 from ..trainer import load_checkpoint, resolve_device
 from . import FoldOutput, ModelSpec
 from .bilstm import caption_branch, encode, fold_vocab, saved_vocab
-from .image import backbone_lr, build_backbone, eval_probs, fit_image_net, normalise, register_imagenet_stats
+from .image import backbone_lr, build_backbone, eval_probs, fit_image_net, normalise, register_input_stats
 
 
 class JointNet(nn.Module):
@@ -31,7 +31,7 @@ class JointNet(nn.Module):
         caption.head = nn.Identity()  # the Bi-LSTM's own 18-logit head would sit unused: this net has one head
         self.drop = nn.Dropout(dropout)
         self.head = nn.Linear(backbone.num_features + caption_dim, N_LABELS)
-        register_imagenet_stats(self)
+        register_input_stats(self, backbone)
 
     def embed(self, image, ids):
         return self.drop(torch.cat([self.backbone(normalise(self, image)), self.caption.embed(ids)], dim=1))

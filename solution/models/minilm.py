@@ -85,11 +85,15 @@ def _tokens(encoder, captions):
     return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int64)
 
 
+def _finetune_batch(cfg) -> int:
+    return cfg.network_batch(64)  # a transformer needs smaller batches than text.batch_size
+
+
 def _run_finetune(job: FoldJob) -> FoldOutput:
     cfg, comp = job.cfg, job.comp
     encoder = load_encoder(cfg)
     ids, mask = _tokens(encoder, comp.train["Caption"])
-    bs = cfg.network_batch(64)  # a transformer needs smaller batches than text.batch_size
+    bs = _finetune_batch(cfg)
     train_loader, reseed = make_loader(ArrayRows([ids[job.fit_idx], mask[job.fit_idx]], comp.y[job.fit_idx]), bs, cfg, True)
     stop_loader, _ = make_loader(ArrayRows([ids[job.stop_idx], mask[job.stop_idx]], comp.y[job.stop_idx]), bs * 4, cfg, False)
     net = MiniLMNet(encoder)
@@ -126,7 +130,7 @@ def infer(job: FoldJob, frame, upstream):
         encoder = load_encoder(cfg)
         net = MiniLMNet(encoder)
         net.load_state_dict(load_checkpoint(job.ckpt_dir / "best.pt")["model"])
-        loader, _ = make_loader(ArrayRows(list(_tokens(encoder, frame["Caption"])), None), 256, cfg, False)
+        loader, _ = make_loader(ArrayRows(list(_tokens(encoder, frame["Caption"])), None), _finetune_batch(cfg) * 4, cfg, False)
         return predict(net, loader, resolve_device(cfg.device), desc=f"{job.label} predict")
     x = embed_captions(cfg, frame["Caption"].tolist())
     with cpu_threads(cfg.text.threads):

@@ -63,7 +63,7 @@ def run(job: FoldJob) -> FoldOutput:
 
 def infer(job: FoldJob, frame, upstream):
     model = pickle.loads((job.ckpt_dir / "model.pkl").read_bytes())  # our own file, written by run()
-    return model.predict_proba(_texts(job.cfg, frame)), None
+    return model.predict_proba(_texts(job.cfg, frame)).astype(np.float32), None  # as training saved them
 
 
 SPEC = ModelSpec(name="tfidf", kind="caption", sections=("text",), run=run, infer=infer)
