@@ -12,6 +12,7 @@ from . import log
 from .artefacts import atomic_path, write_json
 from .config import DECISIONS, Config
 from .data import Competition
+from .errors import UserError
 from .labels import LABELS, NAMES
 from .metric import scores
 from .oof import collect_oof
@@ -83,8 +84,13 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
     return made
 
 
-def _entry(y, probs, tuned: dict, decision: str) -> dict:
+def _entry(name: str, y, probs, tuned: dict, decision: str) -> dict:
+    """Scores of the saved tuning's label sets; they must reproduce tune's in-sample score exactly, else the
+    report would describe other decisions than the ones tune scored (e.g. thresholds on the wrong scale)."""
     s = scores(y, Tuned.from_record(tuned).label_sets(probs, decision))
+    if abs(s["samples_f1"] - tuned["samples_f1_tuned"]) > 1e-9:
+        raise UserError(f"report: {name}'s in-sample samples-F1 {s['samples_f1']:.4f} differs from the "
+                        f"{tuned['samples_f1_tuned']:.4f} that tune recorded; rerun ./run.sh tune")
     return {"samples_f1_at_0.5": tuned["samples_f1_at_0.5"], "samples_f1_tuned": tuned["samples_f1_tuned"],
             "samples_f1_nested": tuned["samples_f1_nested"], "by_decision": tuned["by_decision"],
             "micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"], "per_label": s["per_label"], "per_fold": tuned["per_fold"]}
@@ -97,12 +103,12 @@ def report(cfg: Config, comp: Competition) -> dict:
         oof, _, metas = collect_oof(cfg, comp, model)
         if record["blend"] == "rank":  # its thresholds and calibration were fitted on the rank scale
             oof = rank_transform(oof, oof)[0]
-        entry = _entry(comp.y, oof, record["per_model"][model], record["decision"])
+        entry = _entry(model, comp.y, oof, record["per_model"][model], record["decision"])
         for fold, meta in zip(entry["per_fold"], metas):
             fold.update(best_epoch=meta["best_epoch"], early_stop_f1=meta["best_f1"])
         models[model] = entry
         curves[model] = [meta["history"] for meta in metas]
-    blend = _entry(comp.y, arrays["oof"], {**record, **record["f1"]}, record["decision"])
+    blend = _entry("the blend", comp.y, arrays["oof"], {**record, **record["f1"]}, record["decision"])
     blend.update(weights=record["weights"], thresholds=record["thresholds"], blend=record["blend"],
                  decision=record["decision"])
     out = {"models": models, "blend": blend}

@@ -42,9 +42,10 @@ class Tuned:
         return expected_f1_sets(calibrate(probs, self.calibration))
 
     def to_record(self) -> dict:
+        """Full precision (JSON floats round-trip exactly): submit, predict and report decide as tune scored."""
         return {"global_threshold": self.global_threshold,
-                "thresholds": {str(label): round(float(t), 4) for label, t in zip(LABELS, self.thresholds)},
-                "calibration": {str(label): [round(float(v), 6) for v in ab] for label, ab in zip(LABELS, self.calibration)}}
+                "thresholds": {str(label): float(t) for label, t in zip(LABELS, self.thresholds)},
+                "calibration": {str(label): [float(v) for v in ab] for label, ab in zip(LABELS, self.calibration)}}
 
     @classmethod
     def from_record(cls, record: dict) -> "Tuned":

@@ -145,6 +145,8 @@ def test_predict_on_the_training_test_csv_reproduces_the_submission(finished, tm
               f"tune.blend={blend}", f"tune.decision={decision}"]
     _in_process("tune", *common)
     _in_process("submit", *common)
+    if blend == "rank":  # report checks its per-model label sets reproduce tune's in-sample scores
+        _in_process("report", *common)
     submitted = (out / "submissions" / "submission.csv").read_text()
     (out / "submissions" / "submission.csv").unlink()
     _in_process("predict", f"data_dir={root / 'data'}", f"out_dir={out}", "num_workers=0")
