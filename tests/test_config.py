@@ -53,6 +53,7 @@ def test_default_folds_follow_n_folds():
     (["image.size=abc"], "image.size"),
     (["image.size=3.5"], "image.size"),
     (["image.size=0"], "image.size"),
+    (["patience=0"], "patience"),
     (["device=tpu"], "device"),
     (["image.tta=maybe"], "image.tta"),
     (["fold=7"], "fold"),

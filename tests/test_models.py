@@ -234,3 +234,97 @@ def test_image_training_resumed_after_a_crash_repeats_the_uninterrupted_run(tmp_
     monkeypatch.setattr(trainer.log, "info", messages.append)
     assert _fold0_image_losses(tmp_path / "data", tmp_path / "b", epochs=3) == uninterrupted
     assert any("resuming after epoch 1" in m for m in messages)  # it resumed rather than started over
+
+
+@pytest.mark.parametrize("backbone, mean", [("test_resnet", 0.5), ("test_efficientnet", 0.485)])
+def test_image_net_normalises_with_its_backbones_own_statistics(backbone, mean):
+    """Mean, std and eval crop come from timm's data config of the backbone, and are saved in the checkpoint."""
+    import timm
+
+    from solution.models.image import ImageNet
+
+    net = ImageNet(timm.create_model(backbone, pretrained=False, num_classes=0))
+    assert net.mean.flatten()[0].item() == pytest.approx(mean * 255)
+    state = net.state_dict()
+    assert {"mean", "std", "crop_pct"} <= set(state)
+    restored = ImageNet(timm.create_model("test_efficientnet" if backbone == "test_resnet" else "test_resnet",
+                                          pretrained=False, num_classes=0))
+    restored.mean.zero_()
+    restored.load_state_dict({k: v for k, v in state.items() if k in ("mean", "std", "crop_pct")}, strict=False)
+    assert restored.mean.flatten()[0].item() == pytest.approx(mean * 255)  # what the checkpoint says wins
+
+
+def test_an_unreadable_last_checkpoint_restarts_the_fold(tmp_path, monkeypatch):
+    """A truncated last.pt is not a traceback: the fold starts over and the log says why."""
+    import solution.trainer as trainer
+
+    make_dataset(tmp_path / "data", n_train=60, n_test=10, images=False)
+    args = [f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "fold=0", "models=bilstm", *FAST,
+            "text.epochs=2"]
+    last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"PK\x03\x04 truncated")
+    messages = []
+    monkeypatch.setattr(trainer.log, "warn", messages.append)
+    cfg = build_config(args)
+    train(cfg, load_competition(cfg.data_dir))
+    assert any("unreadable" in m and "from scratch" in m for m in messages), messages
+    assert (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
+
+
+@pytest.fixture(scope="module")
+def leak_setup(tmp_path_factory):
+    """Fold 0 of resnet50 and bilstm trained (their features feed fusion), on a tiny image set with 3 folds."""
+    root = tmp_path_factory.mktemp("leak")
+    make_dataset(root / "data", n_train=60, n_test=8, size=(48, 40))
+    cfg = build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'base'}", "fold=0", "models=resnet50,bilstm",
+                        *FAST, "image.size=32", "image.epochs=2", "text.epochs=2", "fusion.epochs=2"])
+    comp = load_competition(cfg.data_dir)
+    train(cfg, comp)
+    return cfg, comp
+
+
+def test_fit_stop_and_scored_rows_are_disjoint_for_every_fold(leak_setup):
+    from solution.context import FoldJob
+    from solution.folds import read_folds
+
+    cfg, comp = leak_setup
+    for k in range(cfg.n_folds):
+        job = FoldJob(cfg, comp, read_folds(cfg, comp), k, "bilstm", {})
+        fit, stop, val = set(job.fit_idx), set(job.stop_idx), set(job.val_idx)
+        assert fit and stop and val and not (fit & stop) and not (fit & val) and not (stop & val)
+        assert fit | stop == set(job.train_idx)
+
+
+@pytest.mark.parametrize("model", ["resnet50", "bilstm", "tfidf", "minilm", "joint", "fusion"])
+def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path, model):
+    """Every model trained for fold k gives the same fold-k and test predictions when fold k's labels are
+    permuted: nothing it fitted (weights, early stopping, vocabulary, pos_weight) read them."""
+    import dataclasses
+    import shutil
+
+    from solution.context import FoldJob
+    from solution.folds import read_folds
+    from solution.models import REGISTRY
+    from solution.oof import provenance
+    from solution.train import prepare_images
+    from solution.trainer import seed_everything
+
+    cfg, comp = leak_setup
+    fold_of_row = read_folds(cfg, comp)
+    rows = np.flatnonzero(fold_of_row == 0)
+    y = comp.y.copy()
+    y[rows] = comp.y[np.random.default_rng(1).permutation(rows)]
+    assert not np.array_equal(y, comp.y)
+    outputs = []
+    for name, labels in (("a", comp.y), ("b", y)):
+        out = tmp_path / name
+        shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns(model))  # no checkpoint of this model to resume
+        run_cfg = dataclasses.replace(cfg, out_dir=str(out), models=[model])
+        run_comp = dataclasses.replace(comp, y=labels)
+        store = prepare_images(run_cfg, run_comp, (comp.train, comp.test))
+        job = FoldJob(run_cfg, run_comp, fold_of_row, 0, model, provenance(run_cfg, comp, model, 0), store)
+        seed_everything(cfg.seed * 100)  # as train() seeds each fold
+        outputs.append(REGISTRY[model].run(job))
+    np.testing.assert_array_equal(outputs[0].val_probs, outputs[1].val_probs)
+    np.testing.assert_array_equal(outputs[0].test_probs, outputs[1].test_probs)

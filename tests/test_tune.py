@@ -62,3 +62,28 @@ def test_a_blend_json_from_before_calibration_asks_for_a_new_tune():
               "thresholds": {str(label): 0.5 for label in range(1, 20) if label != 12}}
     with pytest.raises(UserError, match=r"oof/blend.json .*rerun ./run.sh tune"):
         Tuned.from_record(record)
+
+
+def _same_tuning(a: Tuned, b: Tuned) -> bool:
+    return (np.array_equal(a.weights, b.weights) and a.global_threshold == b.global_threshold
+            and np.array_equal(a.thresholds, b.thresholds) and np.array_equal(a.calibration, b.calibration))
+
+
+def test_nested_tuning_for_fold_k_never_reads_fold_k_labels():
+    """Permuting the labels of fold k's rows leaves the weights, thresholds and calibration fitted for fold k's
+    nested score unchanged, while it does change the other folds' (so the permutation is felt at all)."""
+    from solution.config import build_config
+    from solution.tune import nested_tunings
+
+    y, truth, rng = case(3, rows=450)
+    stack = np.stack([np.clip(truth + rng.normal(0, s, truth.shape), 0, 1).astype(np.float32) for s in (0.1, 0.2)])
+    fold_of_row = np.arange(len(y)) % 3
+    cfg = build_config(["n_folds=3", "tune.trials=6", "tune.threshold_trials=3"])
+    base = nested_tunings(stack, y, fold_of_row, cfg)
+    for k in range(3):
+        rows = np.flatnonzero(fold_of_row == k)
+        permuted = y.copy()
+        permuted[rows] = y[rng.permutation(rows)]
+        again = nested_tunings(stack, permuted, fold_of_row, cfg)
+        assert _same_tuning(again[k], base[k])
+        assert not all(_same_tuning(again[j], base[j]) for j in range(3) if j != k)
