@@ -178,6 +178,25 @@ def test_empty_image_id_is_an_error(write_comp):
     assert f"{root / 'train.csv'} line 3" in error_of(load_competition, root)
 
 
+BAD_IDS = ["../evil.jpg", "..", ".", "/etc/passwd", "data/1.jpg", "sub\\1.jpg", "a\x00.jpg", "a\rb.jpg", "a\tb.jpg",
+           "a\x85b.jpg"]
+
+
+@pytest.mark.parametrize("image_id", BAD_IDS, ids=repr)
+@pytest.mark.parametrize("loader", [load_competition, load_test_only], ids=lambda f: f.__name__)
+def test_image_id_must_be_a_plain_file_name(write_comp, loader, image_id):
+    root = write_comp(crlf(TRAIN_HEADER, "1.jpg,1,a", f"{image_id},2,b"), crlf(TEST_HEADER, "5.jpg,x", f"{image_id},y"))
+    file = "train.csv" if loader is load_competition else "test.csv"
+    message = error_of(loader, root)
+    assert f"{root / file} line 3: ImageID {image_id!r} is not a plain file name" in message
+
+
+@pytest.mark.parametrize("image_id", ["..a.jpg", "a..jpg", "x y.jpg", "caf\u00e9.jpg", ".hidden.jpg"])
+def test_unusual_but_plain_image_ids_are_accepted(write_comp, image_id):
+    comp = load_competition(write_comp(crlf(TRAIN_HEADER, f"{image_id},1,a"), crlf(TEST_HEADER, "5.jpg,x")))
+    assert comp.train["ImageID"].tolist() == [image_id]
+
+
 def test_test_only_loader_checks_ids(write_comp):
     root = write_comp(crlf(TRAIN_HEADER, "1.jpg,1,a"), crlf(TEST_HEADER, "5.jpg,x", ",y"))
     assert f"{root / 'test.csv'} line 3" in error_of(load_test_only, root)
