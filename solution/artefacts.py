@@ -36,9 +36,9 @@ def atomic_path(path: Path):
             os.unlink(tmp)
 
 
-def write_json(path: Path, obj) -> None:
+def write_json(path: Path, obj, indent: int | None = 2) -> None:
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", encoding="utf-8")
+        Path(tmp).write_text(json.dumps(obj, indent=indent, sort_keys=False, default=str) + "\n", encoding="utf-8")
 
 
 def read_json(path: Path) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,11 +30,20 @@ class Competition:
         return self.data_dir / "data"
 
 
-def _check_unique(table, name: str) -> None:
+def _is_plain_file_name(image_id: str) -> bool:
+    """No folder, '.', '..' or control character: an image is read from data_dir/data/<ImageID> and nowhere else."""
+    return image_id not in (".", "..") and not any(c in "/\\" or unicodedata.category(c) == "Cc" for c in image_id)
+
+
+def _check_ids(table) -> None:
+    """Every ImageID present, a plain file name and unique; both loaders call it."""
     seen: dict[str, int] = {}
     for row, line in zip(table.rows, table.line_numbers):
-        if not row[0]:  # here too, so load_test_only refuses it as well
+        if not row[0]:
             raise UserError(f"{table.path} line {line}: empty ImageID")
+        if not _is_plain_file_name(row[0]):
+            raise UserError(f"{table.path} line {line}: ImageID {row[0]!r} is not a plain file name (no folders, '..' "
+                            f"or control characters); fix the row to name a file directly in {table.path.parent / 'data'}")
         first = seen.setdefault(row[0], line)
         if first != line:
             raise UserError(f"{table.path} line {line}: duplicate ImageID {row[0]} (first at line {first})")
@@ -47,7 +57,7 @@ def load_test_only(data_dir: str | Path) -> Competition:
     table = read_table(data_dir / "test.csv", TEST_COLUMNS)
     if not table.rows:
         raise UserError(f"{table.path}: has a header but no rows")
-    _check_unique(table, "test.csv")
+    _check_ids(table)
     test = pd.DataFrame(table.rows, columns=list(TEST_COLUMNS))
     empty = pd.DataFrame(columns=list(TRAIN_COLUMNS))
     return Competition(data_dir, empty, test, np.zeros((0, L.N_LABELS), np.uint8),
@@ -63,10 +73,7 @@ def load_competition(data_dir: str | Path, limit: int = 0) -> Competition:
     for table in (train_t, test_t):
         if not table.rows:
             raise UserError(f"{table.path}: has a header but no rows")
-        for row, line in zip(table.rows, table.line_numbers):
-            if not row[0]:
-                raise UserError(f"{table.path} line {line}: empty ImageID")
-        _check_unique(table, table.path.name)
+        _check_ids(table)
     label_rows = []
     for row, line in zip(train_t.rows, train_t.line_numbers):
         try:

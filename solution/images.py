@@ -6,6 +6,7 @@ size is decoded again, never served stale, and an interrupted build resumes wher
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -21,6 +22,7 @@ from .artefacts import write_json
 from .errors import UserError
 
 CACHE_SCALE = 1.15
+BATCH_BYTES = 128 << 20  # decoded bytes appended per lock: bounds memory, lets other writers in between
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -73,84 +75,129 @@ class BadImage:
 
 
 class ImageStore:
-    """Serves images by path: from the cache when enabled, else decoded from the source file."""
+    """Serves images by path: from the cache when enabled, else decoded from the source file.
+
+    Any number of processes may fill one cache at once (folds split over runs sharing out_dir, DDP ranks):
+    they decode in parallel and append batch by batch under an exclusive lock on images_<size>.lock.
+    """
 
     def __init__(self, cache_dir: Path | None, side: int):
         self.side = side
         self.cache_dir = cache_dir
-        self.index: dict[str, list] = {}
+        self.index: dict[str, list] = {}  # resolved source path -> [offset, h, w, signature]
         self.blank: set[str] = set()  # images skipped under on_bad_image=skip, served as mid-grey
+        self._keys: dict[str, str] = {}  # path as given -> index key: resolve() once per spelling, not per read
+        self._missed = False
         self._mm = None
         if cache_dir is not None:
             self.bin_path = cache_dir / f"images_{side}.bin"
             self.index_path = cache_dir / f"images_{side}.json"
-            if self.index_path.exists() and self.bin_path.exists():
-                self.index = json.loads(self.index_path.read_text())
-                size = self.bin_path.stat().st_size
-                self.index = {k: v for k, v in self.index.items() if v[0] + v[1] * v[2] * 3 <= size}
+            self.lock_path = cache_dir / f"images_{side}.lock"
+            self.index = self._read_index()
 
     def __getstate__(self):  # DataLoader workers reopen the memmap themselves
         state = dict(self.__dict__)
         state["_mm"] = None
         return state
 
+    def _key(self, path: Path) -> str:
+        spelling = str(path)
+        key = self._keys.get(spelling)
+        if key is None:  # two spellings of one file resolve to one key, so one cache entry
+            key = self._keys[spelling] = str(Path(path).resolve())
+        return key
+
+    def _cached(self, key: str, signature: str) -> bool:
+        return self.index.get(key, [0, 0, 0, ""])[3] == signature
+
+    def _read_index(self) -> dict[str, list]:
+        """The published index, less entries whose bytes are not all in the data file (an interrupted write)."""
+        try:
+            index = json.loads(self.index_path.read_text())
+            size = self.bin_path.stat().st_size  # read after the index: bytes are on disk before their entry
+        except FileNotFoundError:
+            return {}
+        return {k: v for k, v in index.items() if v[0] + v[1] * v[2] * 3 <= size}
+
     def prepare(self, paths: list[Path], workers: int, skip_bad: bool) -> list[BadImage]:
         """Pre-flight: check every image exists and decodes, filling the cache on the way."""
-        missing = [p for p in paths if not p.is_file()]
-        bad = [BadImage(p, "file not found") for p in missing]
-        todo = [p for p in paths if p.is_file() and (self.cache_dir is None or
-                                                    self.index.get(str(p.resolve()), [0, 0, 0, ""])[3] != _signature(p))]
-        if self.cache_dir is None and todo:
-            side = None
-        else:
-            side = round(CACHE_SCALE * self.side)
+        bad, todo = [], {}
+        for p in paths:
+            if not p.is_file():
+                bad.append(BadImage(p, "file not found"))
+                continue
+            key, signature = self._key(p), _signature(p)  # taken before decoding: a later change is seen next run
+            if key not in todo and (self.cache_dir is None or not self._cached(key, signature)):
+                todo[key] = (p, signature)
         if todo:
+            side = None if self.cache_dir is None else round(CACHE_SCALE * self.side)
             label = "caching images" if self.cache_dir is not None else "checking images"
-            jobs = [(str(p), side) for p in todo]
+            jobs = [(str(p), side) for p, _ in todo.values()]
             chunk = max(1, min(64, len(jobs) // (4 * max(workers, 1)) or 1))
             pool = ProcessPoolExecutor(workers) if workers > 1 else None
             results = (map(_decode_job, jobs) if pool is None else pool.map(_decode_job, jobs, chunksize=chunk))
-            bin_fh = None
-            if self.cache_dir is not None:
-                self.cache_dir.mkdir(parents=True, exist_ok=True)
-                bin_fh = open(self.bin_path, "ab")
+            batch, batch_bytes = [], 0
             try:
-                for n, (path, (arr, err)) in enumerate(tqdm(zip(todo, results), total=len(jobs), desc=label,
-                                                             unit="img", dynamic_ncols=True), start=1):
+                progress = tqdm(zip(todo.items(), results), total=len(jobs), desc=label, unit="img", dynamic_ncols=True)
+                for (key, (path, signature)), (arr, err) in progress:
                     if err is not None:
                         bad.append(BadImage(path, err))
-                    elif bin_fh is not None:
-                        offset = bin_fh.tell()
-                        bin_fh.write(np.ascontiguousarray(arr).tobytes())
-                        self.index[str(path.resolve())] = [offset, arr.shape[0], arr.shape[1], _signature(path)]
-                        if n % 2000 == 0:
-                            self._flush(bin_fh)
-            finally:
-                if bin_fh is not None:
-                    self._flush(bin_fh)
-                    bin_fh.close()
+                    elif self.cache_dir is not None:
+                        batch.append((key, signature, arr))
+                        batch_bytes += arr.nbytes
+                        if batch_bytes >= BATCH_BYTES:
+                            self._append(batch)
+                            batch, batch_bytes = [], 0
+            finally:  # an interrupted build keeps what it decoded, and resumes there
+                if batch:
+                    self._append(batch)
                 if pool is not None:
                     pool.shutdown(cancel_futures=True)
         if bad and not skip_bad:
             first = bad[0]
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise UserError(f"{first.path}: {first.reason}{more}; fix or remove it, or pass on_bad_image=skip")
-        self.blank = {str(b.path.resolve()) for b in bad}
+        self.blank = {self._key(b.path) for b in bad}
         self._mm = None
         return bad
 
-    def _flush(self, bin_fh) -> None:
-        bin_fh.flush()
-        os.fsync(bin_fh.fileno())
-        write_json(self.index_path, self.index)
+    def _append(self, batch: list[tuple[str, str, np.ndarray]]) -> None:
+        """Append decoded images and publish them, under the lock that makes concurrent writers safe.
+
+        Under the lock the index is read again (other processes' entries are kept, images they cached
+        meanwhile are skipped), offsets come from the real end of the file, and the new entries are
+        published only after their bytes are synced, so a reader never sees an entry without its bytes.
+        """
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.lock_path, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+            except OSError as err:
+                raise UserError(f"cannot lock {self.lock_path} ({err.strerror}); put out_dir on a file system with "
+                                "file locks, or pass image.cache=false") from None
+            self.index = self._read_index()
+            with open(self.bin_path, "ab") as fh:
+                fh.seek(0, os.SEEK_END)
+                for key, signature, arr in batch:
+                    if self._cached(key, signature):
+                        continue
+                    self.index[key] = [fh.tell(), arr.shape[0], arr.shape[1], signature]
+                    fh.write(np.ascontiguousarray(arr).tobytes())
+                fh.flush()
+                os.fsync(fh.fileno())
+            write_json(self.index_path, self.index, indent=None)  # compact: 3x faster to write for 34k images
 
     def get(self, path: Path) -> np.ndarray:
-        key = str(Path(path).resolve())
+        key = self._key(path)
         if key in self.blank:
             side = round(CACHE_SCALE * self.side)
             return np.full((side, side, 3), 128, dtype=np.uint8)
-        entry = self.index.get(key) if self.cache_dir is not None else None
+        entry = self.index.get(key)  # always None when the cache is off
         if entry is None:
+            if self.cache_dir is not None and not self._missed:
+                self._missed = True
+                log.warn(f"image cache: {path} is not in {self.index_path}; decoding source files instead, the slow "
+                         "path (later misses are not logged); rerun the train stage to fill the cache")
             return load_rgb(path, round(CACHE_SCALE * self.side))
         if self._mm is None:
             self._mm = np.memmap(self.bin_path, dtype=np.uint8, mode="r")

@@ -1,6 +1,7 @@
 """Console + file logging: one logger, a file per run under out_dir/logs."""
 from __future__ import annotations
 
+import itertools
 import logging
 import sys
 import time
@@ -9,9 +10,23 @@ from pathlib import Path
 _logger = logging.getLogger("solution")
 
 
+def _new_log_file(log_dir: Path, command: str) -> Path:
+    """Create logs/<command>-<time>.log, or -2, -3, ... after it: runs started in the same second never share one."""
+    stem = f"{command}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for n in itertools.count(1):
+        path = log_dir / (f"{stem}.log" if n == 1 else f"{stem}-{n}.log")
+        try:
+            path.touch(exist_ok=False)  # O_EXCL: of two runs racing for a name, exactly one gets it
+            return path
+        except FileExistsError:
+            continue
+
+
 def setup(log_dir: Path | None, command: str) -> Path | None:
-    """Log to stderr, and to logs/<command>-<time>.log when the folder is writable."""
+    """Log to stderr, and to a new logs/<command>-<time>[-n].log when the folder is writable."""
     _logger.setLevel(logging.INFO)
+    for handler in _logger.handlers:
+        handler.close()
     _logger.handlers.clear()
     _logger.propagate = False
     console = logging.StreamHandler(sys.stderr)
@@ -21,7 +36,7 @@ def setup(log_dir: Path | None, command: str) -> Path | None:
         return None
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
-        path = log_dir / f"{command}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        path = _new_log_file(log_dir, command)
         handler = logging.FileHandler(path, encoding="utf-8")
     except OSError:
         return None

@@ -121,6 +121,12 @@ def damage_missing_field(d):
     return "train.csv", "line 12"
 
 
+def damage_image_id_outside_data(d):
+    _, caption = line_of(d / "test.csv", 4).split(",", 1)
+    replace_line(d / "test.csv", 4, f"../evil.jpg,{caption}")
+    return "test.csv", "line 4: ImageID '../evil.jpg' is not a plain file name"
+
+
 def damage_test_csv_empty(d):
     (d / "test.csv").write_bytes(b"")
     return "test.csv", "empty"
@@ -128,7 +134,7 @@ def damage_test_csv_empty(d):
 
 DAMAGES = [damage_header_missing, damage_header_misspelt, damage_header_with_bare_cr, damage_non_utf8, _label("12"),
            _label("20"), _label("0"), _label(""), damage_duplicate_id, damage_test_id_in_train, damage_missing_field,
-           damage_test_csv_empty]
+           damage_image_id_outside_data, damage_test_csv_empty]
 
 
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__.replace("damage_", ""))

@@ -92,6 +92,47 @@ def test_broken_row_is_reported_by_load_competition(write_comp):
     assert comp.test["Caption"].tolist()[1] == BROKEN_CAPTION
 
 
+@pytest.mark.parametrize("line_end", ["\n", "\r\n"])
+def test_pandas_csv_with_line_breaks_inside_quoted_captions_round_trips(tmp_path, line_end):
+    import pandas as pd
+
+    captions = ["a dog\non grass", "plain", 'two\nbreaks, a "quote"\nand a comma', "blank line\n\ninside",
+                "ends in a break\n", "\nstarts with one", 'said ""hi""\n"', "last"]
+    frame = pd.DataFrame({"ImageID": [f"{i}.jpg" for i in range(len(captions))],
+                          "Labels": [str(i % 18 + 1) for i in range(len(captions))], "Caption": captions})
+    path = tmp_path / "pandas.csv"
+    frame.to_csv(path, index=False, lineterminator=line_end)
+    assert path.read_bytes().count(b"\n") > len(captions) + 1  # the breaks really are inside the records
+    table = read_table(path, TRAIN_COLUMNS)
+    assert table.rows == list(frame.itertuples(index=False, name=None)) and table.repaired == []
+    assert table.line_numbers == [2, 4, 5, 8, 11, 13, 15, 17]  # each record's first physical line
+
+
+def test_line_numbers_after_a_multi_line_caption_are_physical(tmp_path):
+    path = write(tmp_path, crlf(TRAIN_HEADER, '1.jpg,1,"one\ntwo\nthree"', "2.jpg,2,ok", "3.jpg"))
+    assert f"{path} line 6:" in error_of(read_table, path, TRAIN_COLUMNS)
+
+
+@pytest.mark.parametrize("after", [("3.jpg,1,A cat.", "4.jpg,2,fine"), ('3.jpg,1,"A cat, ""big"""', "4.jpg,2,end.")],
+                         ids=["plain", "quoted"])
+def test_quote_never_closed_stays_one_repaired_line(tmp_path, after):
+    table = read_table(write(tmp_path, crlf(TRAIN_HEADER, "1.jpg,1,x", '2.jpg,1,"A dog on grass', *after)), TRAIN_COLUMNS)
+    assert [r[0] for r in table.rows] == ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
+    assert table.rows[1][2] == "A dog on grass" and table.repaired == [3] and table.line_numbers == [2, 3, 4, 5]
+
+
+def test_a_closing_quote_after_the_next_record_does_not_join_them(tmp_path):
+    path = write(tmp_path, crlf(TRAIN_HEADER, '2.jpg,1,"A dog on grass', "3.jpg,1,A cat.", 'grass"'))
+    assert f"{path} line 4: expected 3 fields" in error_of(read_table, path, TRAIN_COLUMNS)
+
+
+def test_broken_quote_row_next_to_a_multi_line_caption(tmp_path):
+    text = crlf(TEST_HEADER, BROKEN, '5.jpg,"a dog\non grass"', BROKEN.replace("36889", "36890"))
+    table = read_table(write(tmp_path, text), TEST_COLUMNS)
+    assert table.rows == [("36889.jpg", BROKEN_CAPTION), ("5.jpg", "a dog\non grass"), ("36890.jpg", BROKEN_CAPTION)]
+    assert table.repaired == [2, 5] and table.line_numbers == [2, 3, 5]
+
+
 @pytest.mark.parametrize("header", ["", "ImageId,Labels,Caption", "ImageID,Label,Caption", "ImageID,Caption",
                                     "1.jpg,1,A man."])
 def test_missing_or_misspelt_header_names_file_and_line_1(tmp_path, header):
@@ -178,6 +219,25 @@ def test_empty_image_id_is_an_error(write_comp):
     assert f"{root / 'train.csv'} line 3" in error_of(load_competition, root)
 
 
+BAD_IDS = ["../evil.jpg", "..", ".", "/etc/passwd", "data/1.jpg", "sub\\1.jpg", "a\x00.jpg", "a\rb.jpg", "a\tb.jpg",
+           "a\x85b.jpg"]
+
+
+@pytest.mark.parametrize("image_id", BAD_IDS, ids=repr)
+@pytest.mark.parametrize("loader", [load_competition, load_test_only], ids=lambda f: f.__name__)
+def test_image_id_must_be_a_plain_file_name(write_comp, loader, image_id):
+    root = write_comp(crlf(TRAIN_HEADER, "1.jpg,1,a", f"{image_id},2,b"), crlf(TEST_HEADER, "5.jpg,x", f"{image_id},y"))
+    file = "train.csv" if loader is load_competition else "test.csv"
+    message = error_of(loader, root)
+    assert f"{root / file} line 3: ImageID {image_id!r} is not a plain file name" in message
+
+
+@pytest.mark.parametrize("image_id", ["..a.jpg", "a..jpg", "x y.jpg", "caf\u00e9.jpg", ".hidden.jpg"])
+def test_unusual_but_plain_image_ids_are_accepted(write_comp, image_id):
+    comp = load_competition(write_comp(crlf(TRAIN_HEADER, f"{image_id},1,a"), crlf(TEST_HEADER, "5.jpg,x")))
+    assert comp.train["ImageID"].tolist() == [image_id]
+
+
 def test_test_only_loader_checks_ids(write_comp):
     root = write_comp(crlf(TRAIN_HEADER, "1.jpg,1,a"), crlf(TEST_HEADER, "5.jpg,x", ",y"))
     assert f"{root / 'test.csv'} line 3" in error_of(load_test_only, root)
@@ -216,7 +276,8 @@ def test_fingerprint_changes_with_the_bytes(demo_csv):
 @pytest.mark.parametrize("line_end", ["\n", "\r\n"])
 def test_write_then_read_round_trips(tmp_path, line_end):
     rows = [("1.jpg", "1 3", "A dog, a cat."), ("2.jpg", "2", 'He said "hi".'), ("3.jpg", "4", "Bare \r inside"),
-            ("4.jpg", "5", '"'), ("5.jpg", "6", ""), ("6.jpg", "7", ' spaced, "both" \r\r '), ("7.jpg", "8", "plain")]
+            ("4.jpg", "5", '"'), ("5.jpg", "6", ""), ("6.jpg", "7", ' spaced, "both" \r\r '), ("7.jpg", "8", "plain"),
+            ("8.jpg", "9", 'two\nlines, "quoted"\n'), ("9.jpg", "10", "crlf\r\ninside"), ("10.jpg", "11", "last")]
     path = tmp_path / "rt.csv"
     write_table(path, TRAIN_COLUMNS, rows, line_end=line_end)
     table = read_table(path, TRAIN_COLUMNS)

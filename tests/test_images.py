@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+import pathlib
 import shutil
 import time
 
@@ -280,3 +282,91 @@ def test_moved_folder_uses_fresh_entries(tmp_path, counted_decodes):
     store.prepare([moved / "x.jpg"], workers=0, skip_bad=False)
     assert counted_decodes == [str(path), str(moved / "x.jpg")]
     assert store.get(moved / "x.jpg")[..., 0].mean() > 200
+
+
+@pytest.fixture
+def counted_loads(monkeypatch):
+    """Paths that get() decoded from the source file instead of serving from the cache."""
+    calls = []
+    real = images.load_rgb
+    monkeypatch.setattr(images, "load_rgb", lambda path, side=None: calls.append(str(path)) or real(path, side))
+    return calls
+
+
+def test_reads_resolve_each_spelling_once_and_share_one_entry(tmp_path, monkeypatch, counted_loads):
+    paths = [solid(tmp_path / f"{i}.jpg", (60 * i, 20, 200)) for i in range(3)]
+    store = ImageStore(tmp_path / "cache", SIDE)
+    store.prepare(paths, workers=0, skip_bad=False)
+    store.get(paths[0])  # opens the memmap, which resolves the cache file's path once
+    resolved = []
+    real = pathlib.Path.resolve
+    monkeypatch.setattr(pathlib.Path, "resolve", lambda self, *a, **k: resolved.append(self) or real(self, *a, **k))
+    for _ in range(3):
+        for p in paths:
+            store.get(p)
+    assert resolved == []  # the per-read cost is a dict look-up, not a resolve()
+    link = tmp_path / "link.jpg"
+    link.symlink_to(paths[1])
+    (tmp_path / "sub").mkdir()
+    for spelling in (link, tmp_path / "sub" / ".." / "2.jpg", link):
+        store.get(spelling)
+    assert len(resolved) == 2  # other spellings reach the same entries, never decoded outside prepare
+    assert counted_loads == [str(p) for p in paths]
+    np.testing.assert_array_equal(store.get(link), store.get(paths[1]))
+
+
+def test_cache_miss_is_logged_once_as_the_slow_path(tmp_path, monkeypatch, counted_loads):
+    paths = [solid(tmp_path / f"{i}.jpg", (10, 60 * i, 10)) for i in range(3)]
+    warnings = []
+    monkeypatch.setattr(images.log, "warn", warnings.append)
+    store = ImageStore(tmp_path / "cache", SIDE)
+    store.prepare(paths[:1], workers=0, skip_bad=False)
+    for _ in range(2):
+        for p in paths:
+            np.testing.assert_array_equal(store.get(p), load_rgb(p, CACHED))
+    assert counted_loads == [str(paths[0])] + [str(p) for p in paths[1:]] * 2 and len(warnings) == 1
+    assert str(paths[1]) in warnings[0] and "slow path" in warnings[0]
+    uncached = ImageStore(None, SIDE)  # decoding every read is what image.cache=false asks for: no warning
+    uncached.get(paths[0])
+    assert len(warnings) == 1
+
+
+def _fill_cache(cache, paths, barrier) -> None:
+    """One of several processes filling the same cache: all start together and take the lock image by image."""
+    images.BATCH_BYTES = 1
+    store = ImageStore(cache, SIDE)
+    barrier.wait()
+    assert store.prepare(paths, workers=0, skip_bad=False) == []
+
+
+@pytest.mark.parametrize("shares", [((0, 30), (10, 40)), ((0, 40), (0, 40), (0, 40))], ids=["overlapping", "same"])
+def test_concurrent_writers_share_one_consistent_cache(tmp_path, shares):
+    paths = [solid(tmp_path / f"{i}.jpg", (6 * i, 250 - 6 * i, 37 * i % 256), size=(60 + i, 50 + 7 * i % 30))
+             for i in range(40)]
+    cache = tmp_path / "cache"
+    fork = multiprocessing.get_context("fork")
+    barrier = fork.Barrier(len(shares))
+    writers = [fork.Process(target=_fill_cache, args=(cache, paths[a:b], barrier)) for a, b in shares]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(60)
+    assert [w.exitcode for w in writers] == [0] * len(writers)
+    index = json.loads((cache / f"images_{SIDE}.json").read_text())
+    assert sorted(index) == sorted(str(p.resolve()) for p in paths)
+    spans = sorted((offset, offset + h * w * 3) for offset, h, w, _ in index.values())
+    assert all(end <= start for (_, end), (start, _) in zip(spans, spans[1:]))  # no two entries share bytes
+    assert (cache / f"images_{SIDE}.bin").stat().st_size == sum(end - start for start, end in spans)  # each once
+    store = ImageStore(cache, SIDE)
+    for p in paths:
+        np.testing.assert_array_equal(store.get(p), load_rgb(p, CACHED))
+
+
+def test_a_file_system_without_locks_is_a_user_error(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(images.fcntl, "flock", no_locks)
+    store = ImageStore(tmp_path / "cache", SIDE)
+    with pytest.raises(UserError, match="images_64.lock.*No locks available.*image.cache=false"):
+        store.prepare([solid(tmp_path / "a.jpg", (1, 2, 3))], workers=0, skip_bad=False)
