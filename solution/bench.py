@@ -2,15 +2,19 @@
 
 Throughput (train and inference images/s, data loading included) uses synthetic 640x480 JPEGs:
 decoding every JPEG each time (no cache), reading the resized uint8 cache, and, on CUDA, the GPU
-alone on tensors already on the device. The search time is one `tune.fit_tuning` (Optuna weights,
-per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
+alone on batches made on the device. The loader ceiling is the training data path without a network
+(cache read, augmentation, collation, pinned copy on CUDA), with 1 worker and with num_workers: what
+training could reach with an infinitely fast network. The search time is one `tune.fit_tuning`
+(Optuna weights, per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import platform
 import shutil
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +27,7 @@ from .demo import _image, _labels
 from .images import ImageStore
 from .labels import N_LABELS
 from .models.image import ImageNet, ImageRows, transforms
-from .trainer import autocast_dtype, make_loader, resolve_device, train_step
+from .trainer import _to, autocast_dtype, compile_backbone, make_loader, make_optimizer, train_step, training_device
 
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 SEARCH_START, SEARCH_END = "<!-- search:start -->", "<!-- search:end -->"
@@ -44,20 +48,25 @@ def machine() -> str:
     return text + f", torch {torch.__version__}"
 
 
-def _synthetic(folder: Path, n: int, seed: int) -> list[Path]:
-    rng = np.random.default_rng(seed)
+def _synthetic(folder: Path, n: int, seed: int, workers: int) -> list[Path]:
+    """n synthetic 640x480 JPEGs, drawn by `workers` processes: drawn one by one (about 0.05 to 0.1 s
+    each), 2,048 of them would take longer than the rest of a GPU bench."""
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"{i}.jpg"
-        _image(rng, _labels(rng), (640, 480), 1.0).save(path, quality=90)
-        paths.append(path)
+    paths = [folder / f"{i}.jpg" for i in range(n)]
+    with ProcessPoolExecutor(max(workers, 1)) as pool:
+        list(pool.map(_draw_one, [(path, seed, i) for i, path in enumerate(paths)], chunksize=16))
     return paths
+
+
+def _draw_one(args) -> None:
+    path, seed, i = args
+    rng = np.random.default_rng([seed, i])
+    _image(rng, _labels(rng), (640, 480), 1.0).save(path, quality=90)
 
 
 def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
     loss_fn = nn.BCEWithLogitsLoss().to(device)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    optimizer = make_optimizer(cfg, [{"params": net.parameters(), "lr": 1e-4}], device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
     net.train()
     seen, start = 0, None
@@ -73,8 +82,6 @@ def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
 
 @torch.no_grad()
 def _timed_infer(net, loader, device, warmup: int = 2) -> float:
-    from .trainer import _to
-
     net.eval()
     dtype = autocast_dtype(device)
     seen, start = 0, None
@@ -85,6 +92,24 @@ def _timed_infer(net, loader, device, warmup: int = 2) -> float:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             net.head(net.embed(*_to(inputs, device, device.type == "cuda")))
         seen += len(inputs[0])
+    _sync(device)
+    return seen / (time.time() - start)
+
+
+def loader_rate(cfg, dataset, workers: int, device, passes: int = 3) -> float:
+    """Images/s the training loader delivers on its own with `workers` processes (on CUDA with the
+    pinned copy to the device): the ceiling of training speed. The first pass, while the workers start,
+    is not timed."""
+    cfg = dataclasses.replace(cfg, num_workers=workers)
+    loader, _ = make_loader(dataset, cfg.network_batch(cfg.image.batch_size), cfg, shuffle=True)
+    seen, start = 0, 0.0
+    for epoch in range(passes + 1):
+        if epoch == 1:
+            _sync(device)
+            start, seen = time.time(), 0
+        for inputs, target in loader:
+            _to([*inputs, target], device, channels_last=False)
+            seen += len(target)
     _sync(device)
     return seen / (time.time() - start)
 
@@ -100,37 +125,48 @@ def _network(cfg, device) -> ImageNet:
     net = ImageNet(timm.create_model(cfg.image.model, pretrained=False, num_classes=0)).to(device)
     if device.type == "cuda":
         net.to(memory_format=torch.channels_last)
+    compile_backbone(net, cfg)
     return net
 
 
+def _end_to_end(cfg, paths, y, store: ImageStore, device, bs: int) -> tuple[float, float]:
+    """Train and inference images/s of a fresh network fed by the real loaders (whose workers end with them)."""
+    net = _network(cfg, device)
+    train_loader, _ = make_loader(ImageRows(paths, y, store, transforms(cfg, True)), bs, cfg, shuffle=True)
+    eval_loader, _ = make_loader(ImageRows(paths, None, store, transforms(cfg, False)), bs * 2, cfg, shuffle=False)
+    return _timed_train(cfg, net, train_loader, device), _timed_infer(net, eval_loader, device)
+
+
 def bench(cfg: Config, overrides: list[str]) -> None:
-    device = resolve_device(cfg.device)
+    device = training_device(cfg)
     n = cfg.bench.images or (2048 if device.type == "cuda" else 96)
     bs = cfg.network_batch(cfg.image.batch_size)
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-"))
     try:
         log.info(f"bench: writing {n} synthetic 640x480 JPEGs to {work}")
-        paths = _synthetic(work / "data", n, cfg.seed)
+        paths = _synthetic(work / "data", n, cfg.seed, cfg.worker_count())
         y = np.zeros((n, N_LABELS), np.float32)
         for mode, cache_dir in (("decode JPEG each time", None), ("resized uint8 cache", work / "cache")):
             store = ImageStore(cache_dir, cfg.image.size)
             start = time.time()
-            store.prepare(paths, cfg.num_workers, skip_bad=False)
+            store.prepare(paths, cfg.worker_count(), skip_bad=False)
             prep = time.time() - start
-            net = _network(cfg, device)
-            train_loader, _ = make_loader(ImageRows(paths, y, store, transforms(cfg, True)), bs, cfg, shuffle=True)
-            eval_loader, _ = make_loader(ImageRows(paths, None, store, transforms(cfg, False)), bs * 2, cfg, shuffle=False)
-            train_ips = _timed_train(cfg, net, train_loader, device)
-            infer_ips = _timed_infer(net, eval_loader, device)
+            train_ips, infer_ips = _end_to_end(cfg, paths, y, store, device, bs)
             rows.append((mode, train_ips, infer_ips, prep))
             log.info(f"bench {mode}: train {train_ips:.1f} img/s, inference {infer_ips:.1f} img/s "
                      f"(pre-flight {'+ cache build ' if cache_dir else ''}{prep:.1f}s)")
+        train_rows = ImageRows(paths, y, store, transforms(cfg, True))  # store: the cache of the last mode
+        for workers in sorted({1, cfg.worker_count()}):
+            rate = loader_rate(cfg, train_rows, workers, device)
+            auto = " = auto" if cfg.num_workers == "auto" and workers == cfg.worker_count() else ""
+            rows.append((f"loader alone (cache), {workers} worker{'s' * (workers > 1)}{auto}", rate, None, 0.0))
+            log.info(f"bench {rows[-1][0]}: {rate:.1f} img/s")
         if device.type == "cuda":
             net = _network(cfg, device)
-            x = torch.randint(0, 256, (bs, 3, cfg.image.size, cfg.image.size), dtype=torch.uint8)
-            fake = [((x,), torch.zeros(bs, N_LABELS))] * max(8, n // bs)
-            rows.append(("GPU only (tensors on device)", _timed_train(cfg, net, fake, device),
+            x = torch.randint(0, 256, (bs, 3, cfg.image.size, cfg.image.size), dtype=torch.uint8, device=device)
+            fake = [((x,), torch.zeros(bs, N_LABELS, device=device))] * max(8, n // bs)
+            rows.append(("GPU only (batches made on the device)", _timed_train(cfg, net, fake, device),
                          _timed_infer(net, [((torch.cat([x, x]),), None)] * max(8, n // bs), device), 0.0))
             log.info(f"bench GPU only: train {rows[-1][1]:.1f} img/s, inference {rows[-1][2]:.1f} img/s")
     finally:
@@ -163,13 +199,14 @@ def _write(cfg: Config, overrides: list[str], rows, device, n: int, bs: int) -> 
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     if MARK_START not in text:
         text += (f"\n## Image model throughput (`./run.sh bench`)\n\nAppended by `./run.sh bench`; data loading "
-                 f"included except in GPU-only rows.\n\n{MARK_START}\n| date | machine | command | model @ size, batch | "
-                 f"mode | train img/s | inference img/s |\n|---|---|---|---|---|---|---|\n{MARK_END}\n")
+                 f"included except in GPU-only rows; loader rows have no network.\n\n{MARK_START}\n| date | machine | "
+                 f"command | model @ size, batch | mode | train img/s | inference img/s |\n|---|---|---|---|---|---|---|\n"
+                 f"{MARK_END}\n")
     command = "./run.sh bench " + " ".join(overrides)
-    workers = f"{cfg.num_workers} workers"
+    workers = f"{cfg.worker_count()} workers{' (auto)' if cfg.num_workers == 'auto' else ''}"
     new = "".join(f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {workers}) | `{command.strip()}` | "
-                  f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | {infer:.1f} |\n"
-                  for mode, train, infer, _ in rows)
+                  f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | "
+                  f"{'—' if infer is None else f'{infer:.1f}'} |\n" for mode, train, infer, _ in rows)
     _append(path, text, MARK_END, new)
     log.info(f"bench: appended {len(rows)} rows to {path}")
 

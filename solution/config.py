@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +36,8 @@ class ImageConfig:
     vflip: bool = _opt(False, "add VerticalFlip to train augmentation (the seed used it)")
     tta: bool = _opt(False, "average predictions with the horizontally flipped image")
     cache: bool = _opt(True, "decode each JPEG once into a resized uint8 cache under out_dir/cache")
+    compile: bool = _opt(False, "torch.compile the image backbone for training and the predictions after it "
+                                "(a GPU speed-up; the first steps wait for the compiler)")
 
 
 @dataclass
@@ -116,7 +119,9 @@ class Config:
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
     epochs: typing.Optional[int] = _opt(None, "override every network's max epochs (default: image/text/fusion.epochs)")
     batch_size: typing.Optional[int] = _opt(None, "override every network's batch size")
-    num_workers: int = _opt(2, "DataLoader worker processes")
+    num_workers: typing.Union[int, typing.Literal["auto"]] = _opt(
+        "auto", "image DataLoader workers, also the pre-flight decode pool: an integer, or auto = cores - 2 (at "
+                "least min(cores, 2), at most 16)")
     patience: int = _opt(4, "early stopping: stop after this many epochs (>= 1) without a better val samples-F1")
     stop_fraction: float = _opt(0.1, "share of the training folds held out for early stopping (0 = watch fold k: optimistic)")
     optimizer: str = _opt("adamw", "optimiser", ("adamw", "adam"))
@@ -150,6 +155,15 @@ class Config:
 
     def network_batch(self, section_batch: int) -> int:
         return self.batch_size if self.batch_size is not None else section_batch
+
+    def worker_count(self) -> int:
+        """num_workers, with auto resolved from the cores this process may use. Two cores stay with the training
+        process and its pin-memory thread, yet 2 or 3 cores still get 2 workers (there they mostly wait for the
+        network, and the pre-flight decode pool wants every core); 16 feed any one GPU."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return min(16, max(cores - 2, min(cores, 2)))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -199,10 +213,21 @@ def parse_folds(text: str) -> list[int]:
     return sorted(set(out))
 
 
+def _union(hint) -> tuple:
+    return typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+
+
+def _words(hint) -> tuple:
+    """The literal words a numeric setting also takes (num_workers: auto)."""
+    return tuple(w for arg in _union(hint) if typing.get_origin(arg) is typing.Literal for w in typing.get_args(arg))
+
+
 def _convert(key: str, raw: str, hint, choices):
-    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-    if base is not hint and raw.lower() in ("", "none", "null"):
+    base = _union(hint)[0]
+    if type(None) in _union(hint) and raw.lower() in ("", "none", "null"):
         return None
+    if raw in _words(hint):
+        return raw
     if key == "fold":
         return parse_folds(raw)
     if base is list:
@@ -225,8 +250,9 @@ def _allowed(key: str, hint, choices) -> str:
         return "one of " + "|".join(map(str, choices))
     if key == "fold":
         return "an int, a list like 0,2,4 or a range like 0..4"
-    base = typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Union else hint
-    return {bool: "true or false", int: "an integer", float: "a number", list: "a comma list", str: "a string"}.get(base, str(base))
+    base = _union(hint)[0]
+    kind = {bool: "true or false", int: "an integer", float: "a number", list: "a comma list", str: "a string"}.get(base, str(base))
+    return " or ".join((kind, *_words(hint)))
 
 
 def build_config(overrides: list[str], base: Config | None = None) -> Config:
@@ -274,10 +300,12 @@ _FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 
 
 
 def validate(cfg: Config) -> None:
+    hints = {key: hint for key, _, hint, _ in iter_keys(cfg)}
     for key, low in _MINIMUM.items():
         value = _get(cfg, key)
-        if value is not None and value < low:
-            raise UserError(f"bad value for {key}: {value}; allowed: an integer >= {low}")
+        if isinstance(value, (int, float)) and value < low:
+            allowed = " or ".join((f"an integer >= {low}", *_words(hints[key])))
+            raise UserError(f"bad value for {key}: {value}; allowed: {allowed}")
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:
             raise UserError(f"bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")

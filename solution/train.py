@@ -32,7 +32,7 @@ def prepare_images(cfg: Config, comp: Competition, frames):
                         "(or choose caption models only, e.g. models=bilstm,tfidf)")
     store = image_store(cfg)
     paths = [comp.image_dir / i for frame in frames for i in frame["ImageID"]]
-    bad = store.prepare(paths, cfg.num_workers, skip_bad=cfg.on_bad_image == "skip")
+    bad = store.prepare(paths, cfg.worker_count(), skip_bad=cfg.on_bad_image == "skip")
     report_skipped(bad, cfg.out / "logs" / "skipped_images.txt")
     return store
 

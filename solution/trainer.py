@@ -1,8 +1,9 @@
 """The one training loop for every network: AMP, early stopping on samples-F1, resumable checkpoints.
 
 A network here is an nn.Module with `embed(*inputs) -> features` and `head(features) -> logits`; the
-loaders yield `(inputs_tuple, targets)`. Each epoch ends with `last.pt` (everything needed to resume
-after a kill) and, on improvement, `best.pt` (weights used for prediction).
+loaders yield `(inputs_tuple, targets)`. Image networks say `channels_last = True` and keep their
+convolutional trunk as `backbone` (what image.compile compiles). Each epoch ends with `last.pt`
+(everything needed to resume after a kill) and, on improvement, `best.pt` (weights used for prediction).
 """
 from __future__ import annotations
 
@@ -29,6 +30,21 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     return torch.device(name)
+
+
+def training_device(cfg) -> torch.device:
+    """The device to train on; on CUDA, cuDNN times its kernels once per input shape (batches keep theirs)."""
+    device = resolve_device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def compile_backbone(net: nn.Module, cfg) -> None:
+    """image.compile=true: compile the image backbone in place (nn.Module.compile), so every forward pass
+    after this, training and prediction, runs compiled while state_dict keys stay those of the plain net."""
+    if cfg.image.compile and isinstance(getattr(net, "backbone", None), nn.Module):
+        net.backbone.compile()
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -100,9 +116,12 @@ class FitResult:
     history: list
 
 
-def _make_optimizer(cfg, param_groups):
+def make_optimizer(cfg, param_groups: list[dict], device: torch.device):
+    """AdamW or Adam; fused (one kernel for every tensor's update) when all the parameters are on the GPU."""
+    groups = [{**group, "params": list(group["params"])} for group in param_groups]
+    fused = device.type == "cuda" and all(p.is_cuda for group in groups for p in group["params"])
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(param_groups, weight_decay=cfg.weight_decay)
+    return cls(groups, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
 def _make_scheduler(cfg, optimizer, epochs: int):
@@ -137,7 +156,11 @@ def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False
 
 def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_clip: float,
                device: torch.device) -> torch.Tensor:
-    """One optimiser step under autocast; returns the loss (the step is skipped when it is not finite)."""
+    """One optimiser step under autocast; returns the loss, still on the device.
+
+    The step is taken whatever the loss: looking at it here would wait for the GPU at every step. A
+    non-finite loss can so spoil the weights in memory, but LossTally finds it within CHECK_EVERY steps,
+    and always before the epoch's checkpoints are written, and the run stops there."""
     channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
     inputs = _to(inputs, device, channels_last)
     target = target.to(device, non_blocking=True).float()
@@ -145,8 +168,6 @@ def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
         logits = net.head(net.embed(*inputs))
     loss = loss_fn(logits.float(), target)
-    if not torch.isfinite(loss):
-        return loss.detach()
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if grad_clip > 0:
@@ -157,19 +178,55 @@ def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_
     return loss.detach()
 
 
+class LossTally:
+    """An epoch's mean training loss, read from the device every CHECK_EVERY steps instead of every step
+    (each read waits for the GPU); a non-finite loss stops the run with the step it came from."""
+
+    CHECK_EVERY = 50
+
+    def __init__(self, label: str, epoch: int):
+        self.label, self.epoch = label, epoch
+        self.seen, self.total, self.pending = 0, 0.0, []
+
+    def add(self, step: int, loss: torch.Tensor, rows: int) -> bool:
+        """Record one step's loss; True when the pending losses were just read (time to show the mean)."""
+        self.pending.append((step, rows, loss))
+        if len(self.pending) < self.CHECK_EVERY:
+            return False
+        self.check()
+        return True
+
+    def check(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([loss for _, _, loss in self.pending]).tolist()
+        for (step, rows, _), value in zip(self.pending, values):
+            if not math.isfinite(value):
+                raise UserError(f"{self.label}: loss is {value} at epoch {self.epoch} step {step}; "
+                                "lower the learning rate or check the inputs")
+            self.seen += rows
+            self.total += value * rows
+        self.pending = []
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.seen, 1)
+
+
 def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
         loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows") -> FitResult:
     """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches."""
     cfg = job.cfg
-    device = resolve_device(cfg.device)
+    device = training_device(cfg)
     net.to(device)
     channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
     if channels_last:
         net.to(memory_format=torch.channels_last)
+    compile_backbone(net, cfg)
     loss_fn = loss_fn.to(device)
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    optimizer = _make_optimizer(cfg, param_groups)
+    optimizer = make_optimizer(cfg, param_groups, device)
     scheduler = _make_scheduler(cfg, optimizer, epochs)
     last_path, best_path = job.ckpt_dir / "last.pt", job.ckpt_dir / "best.pt"
     state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
@@ -191,19 +248,15 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
             break
         reseed(cfg.seed * 1000 + job.k * 100 + epoch)
         net.train()
-        start, seen, total_loss = time.time(), 0, 0.0
-        bar = tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True, leave=False)
-        for step, (inputs, target) in enumerate(train_loader, start=1):
-            loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device)
-            if not torch.isfinite(loss):
-                bar.close()
-                raise UserError(f"{job.label}: loss is {loss.item()} at epoch {epoch} step {step}; "
-                                "lower the learning rate or check the inputs")
-            seen += len(target)
-            total_loss += loss.item() * len(target)
-            bar.update(len(target))
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
-        bar.close()
+        start, tally = time.time(), LossTally(job.label, epoch)
+        with tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True,
+                  leave=False) as bar:
+            for step, (inputs, target) in enumerate(train_loader, start=1):
+                loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device)
+                bar.update(len(target))
+                if tally.add(step, loss, len(target)):
+                    bar.set_postfix(loss=f"{tally.mean:.4f}")
+            tally.check()
         train_seconds = time.time() - start
         probs, _ = predict(net, stop_loader, device, desc=f"{job.label} validate")
         y = torch.from_numpy(y_stop.astype(np.float32))
@@ -224,8 +277,8 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         else:
             state["bad_epochs"] += 1
         seconds = time.time() - start
-        row = {"epoch": epoch, "train_loss": total_loss / max(seen, 1), "val_loss": val_loss, "val_f1": val_f1,
-               "lr": lr, "seconds": seconds, "train_per_s": seen / max(train_seconds, 1e-9)}
+        row = {"epoch": epoch, "train_loss": tally.mean, "val_loss": val_loss, "val_f1": val_f1,
+               "lr": lr, "seconds": seconds, "train_per_s": tally.seen / max(train_seconds, 1e-9)}
         state["history"].append(row)
         log.info(f"{job.label} epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                  f"val_f1 {val_f1:.4f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:.1f}s  "
@@ -245,21 +298,31 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
 
 
 def make_loader(dataset, batch_size: int, cfg, shuffle: bool):
-    """A DataLoader with the speed settings (workers, pinned memory, persistent workers) and a reseed hook.
+    """A DataLoader with the speed settings (cfg.worker_count() workers, kept across epochs and each 4
+    batches ahead; pinned memory on CUDA) and a reseed hook.
 
     Returns (loader, reseed); calling reseed(s) makes the next epoch's shuffle and worker seeds depend
     only on s, so a resumed run sees the same batches as an uninterrupted one.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     in_memory = isinstance(dataset, ArrayRows)  # whole batches by one index: worker processes only cost
-    workers = 0 if in_memory else cfg.num_workers
+    workers = 0 if in_memory else cfg.worker_count()
     cuda = resolve_device(cfg.device).type == "cuda"
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=cuda,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_one_opencv_thread if workers > 0 else None,
         drop_last=shuffle and len(dataset) > batch_size, generator=generator,
         collate_fn=_batch_as_is if in_memory else None)
     return loader, generator.manual_seed
+
+
+def _one_opencv_thread(worker_id: int) -> None:
+    """In each worker: OpenCV (under albumentations) would start a thread pool of its own per worker, and
+    those threads fight the other workers for the cores. It touches no random state."""
+    import cv2
+
+    cv2.setNumThreads(0)
 
 
 def _batch_as_is(batch):

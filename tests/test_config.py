@@ -1,6 +1,7 @@
 """key=value settings (solution.config) and the CLI's one-line errors, help and out_dir/data_dir checks."""
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -77,11 +78,35 @@ def test_default_folds_follow_n_folds():
     (["seed=-3"], "seed"),
     (["holdout_fraction=0"], "holdout_fraction"),
     (["text.dropout=1"], "text.dropout"),
+    (["num_workers=-1"], "num_workers"),
+    (["num_workers=lots"], "num_workers"),
+    (["num_workers=2.5"], "num_workers"),
     (["lr"], "lr"),
 ])
 def test_bad_settings_name_the_key(overrides, key):
     message = error_of(overrides)
     assert key in message and "\n" not in message
+
+
+@pytest.mark.parametrize("cores,want", [(1, 1), (2, 2), (3, 2), (4, 2), (8, 6), (16, 14), (64, 16)])
+def test_num_workers_auto_leaves_two_cores_but_keeps_two_workers_on_small_machines(monkeypatch, cores, want):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+    assert build_config([]).num_workers == "auto" and build_config([]).worker_count() == want
+
+
+def test_num_workers_auto_on_this_machine_is_bounded_by_its_cores():
+    count = build_config(["num_workers=auto"]).worker_count()
+    assert isinstance(count, int) and 1 <= count <= len(os.sched_getaffinity(0))
+
+
+def test_an_explicit_num_workers_wins():
+    assert build_config(["num_workers=0"]).worker_count() == 0
+    assert build_config(["num_workers=7"]).worker_count() == 7
+
+
+@pytest.mark.parametrize("raw", ["-1", "lots"])
+def test_a_bad_num_workers_says_auto_is_allowed(raw):
+    assert error_of([f"num_workers={raw}"]).endswith(" or auto")
 
 
 def test_unknown_key_suggests_the_dotted_one():
@@ -132,6 +157,7 @@ def test_help_lists_every_key_and_command(run_cli):
     (["train", "n_folds=5", "fold=5"], "fold"),
     (["train", "image.size=abc"], "image.size"),
     (["train", "device=tpu"], "device"),
+    (["train", "num_workers=lots"], "num_workers"),
     (["train", "nosuchkey=1"], "nosuchkey"),
     (["tune", "n_folds=1"], "n_folds"),
     (["trian", "fold=1"], "trian"),

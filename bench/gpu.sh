@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Issue 11's GPU figures, appended to BENCHMARKS.md, on a CUDA machine: `bash bench/gpu.sh` (expected about
+# 5 min; the step limits add up to 8 min, plus 100 s for the DDP row where there are two GPUs).
+#   1. ResNet50 @ 224, bf16, channels_last: train and inference img/s with and without the cache, the loader
+#      ceiling (1 worker and num_workers=auto) and the GPU alone (./run.sh bench device=cuda);
+#   2. the same with image.compile=true;
+#   3. with 2 or more GPUs, the 2-GPU DDP row (./run.sh bench gpus=2);
+#   4. MiniLM on fold 0 of the real captions, frozen and fine-tuned (text.finetune=true), and their fold-0
+#      samples-F1 at 0.5 as one row of a table in BENCHMARKS.md (skipped when DATA_DIR has no train.csv).
+# PYTHON (default: .venv/bin/python if present, else python3) runs the project; DATA_DIR defaults to
+# ../shared/data/comp5329. The log goes to $OUT if set, else bench/out/, with a copy of BENCHMARKS.md.
+# A failed or timed-out step is logged and the others still run; the exit code is then 1.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+fi
+data="${DATA_DIR:-../shared/data/comp5329}"
+logs="${OUT:-bench/out}"
+mkdir -p "$logs"
+exec > >(tee -a "$logs/gpu-$(date +%Y%m%d-%H%M%S).log") 2>&1
+export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 TOKENIZERS_PARALLELISM=false
+
+if ! "$PYTHON" -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
+  echo "bench/gpu.sh: $PYTHON's torch sees no CUDA GPU; run this on a machine with one" >&2
+  exit 1
+fi
+gpu="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n 1)"
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+failed=0
+
+step() {  # step SECONDS WHAT COMMAND...: one measurement under a time limit; a failure is logged, not fatal
+  local limit="$1" what="$2" start="$SECONDS"
+  shift 2
+  echo "== $(date +%T) $what"
+  if timeout "$limit" "$@"; then
+    echo "== done in $((SECONDS - start)) s: $what"
+  else
+    echo "== FAILED or over ${limit} s (exit $?): $what"
+    failed=1
+  fi
+  step_seconds=$((SECONDS - start))
+}
+
+step 100 "ResNet50 @ 224 bench (cache, no cache, loader ceiling, GPU alone)" "$PYTHON" -m solution bench device=cuda
+step 200 "the same with image.compile=true" "$PYTHON" -m solution bench device=cuda image.compile=true
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  step 100 "2-GPU DDP bench" "$PYTHON" -m solution bench device=cuda gpus=2
+fi
+
+if [ -f "$data/train.csv" ]; then
+  for finetune in false true; do
+    step 90 "MiniLM fold 0, text.finetune=$finetune" "$PYTHON" -m solution train data_dir="$data" \
+      out_dir="$work/minilm-$finetune" models=minilm fold=0 text.finetune="$finetune" device=cuda
+    echo "$step_seconds" > "$work/minilm-$finetune.seconds"
+  done
+  "$PYTHON" - "$work" "$gpu" <<'PY'
+"""One row of the MiniLM table: fold-0 samples-F1 at 0.5 (and seconds) of the frozen and fine-tuned runs."""
+import json
+import sys
+import time
+from pathlib import Path
+
+work, gpu = Path(sys.argv[1]), sys.argv[2]
+start, end = "<!-- minilm:start -->", "<!-- minilm:end -->"
+cells = []
+for finetune in ("false", "true"):
+    fold = work / f"minilm-{finetune}" / "oof" / "minilm" / "fold0.json"
+    f1 = f"{json.loads(fold.read_text())['oof_samples_f1_at_0.5']:.4f}" if fold.exists() else "failed"
+    cells.append(f"{f1} ({(work / f'minilm-{finetune}.seconds').read_text().strip()} s)")
+path = Path("BENCHMARKS.md")
+text = path.read_text(encoding="utf-8")
+if end not in text:
+    text += ("\n## MiniLM fine-tuned against frozen, fold 0 of the real captions (`bench/gpu.sh`)\n\n"
+             "`./run.sh train models=minilm fold=0 data_dir=../shared/data/comp5329 text.finetune=false|true`, "
+             "each in a fresh out_dir; fold-0 samples-F1 at 0.5 and the wall time of the whole command.\n\n"
+             f"{start}\n| date | GPU | frozen MiniLM + MLP head | fine-tuned MiniLM |\n|---|---|---|---|\n{end}\n")
+head, tail = text.split(end, 1)
+row = f"| {time.strftime('%Y-%m-%d')} | {gpu} | {cells[0]} | {cells[1]} |\n"
+path.write_text(head + row + end + tail, encoding="utf-8")
+print("MiniLM fold 0 (frozen | fine-tuned):", row.strip())
+PY
+else
+  echo "== skipped MiniLM: no $data/train.csv (DATA_DIR=... names the folder with the real captions)"
+fi
+cp BENCHMARKS.md "$logs/"
+exit "$failed"
