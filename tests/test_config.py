@@ -76,6 +76,7 @@ def test_default_folds_follow_n_folds():
     (["seed=-3"], "seed"),
     (["holdout_fraction=0"], "holdout_fraction"),
     (["text.dropout=1"], "text.dropout"),
+    (["text.normaliser=lemma"], "text.normaliser"),
     (["lr"], "lr"),
 ])
 def test_bad_settings_name_the_key(overrides, key):
