@@ -46,6 +46,10 @@ def run(command: str, overrides: list[str]) -> None:
         overrides = DEMO_DEFAULTS + overrides
     cfg = build_config(overrides)
     _check_writable(cfg)
+    if command in ("train", "all", "demo", "holdout", "predict"):
+        from .text import pipeline_identity
+
+        pipeline_identity(cfg)  # missing WordNet data or vectors file: one error line, before anything is logged
     from .data import load_competition  # here, not above: a bad key= fails without importing pandas
 
     # Bad data fails here, before anything is logged, so the user sees the one error line alone.

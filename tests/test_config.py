@@ -81,6 +81,7 @@ def test_default_folds_follow_n_folds():
     (["num_workers=-1"], "num_workers"),
     (["num_workers=lots"], "num_workers"),
     (["num_workers=2.5"], "num_workers"),
+    (["text.normaliser=lemma"], "text.normaliser"),
     (["lr"], "lr"),
 ])
 def test_bad_settings_name_the_key(overrides, key):

@@ -153,25 +153,6 @@ def test_pretrained_without_network_says_how_to_fix(tmp_path, monkeypatch):
     assert "\n" not in str(err.value)
 
 
-def test_preprocessing_works_without_nltk_data(monkeypatch):
-    from nltk.stem import WordNetLemmatizer
-
-    from solution import text
-
-    def no_wordnet(self, word, pos="n"):
-        raise LookupError("wordnet not installed")
-
-    text._normaliser.cache_clear()
-    monkeypatch.setattr(WordNetLemmatizer, "lemmatize", no_wordnet)
-    try:
-        pre = text.Preprocessor(stopwords=False, lemmatize=True)
-        assert pre.method.startswith("porter")
-        assert pre('Two DOGS, running next to 3 "horses".') == ["two", "dog", "run", "next", "to", "hors"]
-        assert "to" not in text.Preprocessor(stopwords=True, lemmatize=True)("next to the dogs")
-    finally:
-        text._normaliser.cache_clear()
-
-
 def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_run, tmp_path):
     from torch import nn
 
