@@ -117,6 +117,9 @@ class ImageStore:
             size = self.bin_path.stat().st_size  # read after the index: bytes are on disk before their entry
         except FileNotFoundError:
             return {}
+        except (json.JSONDecodeError, UnicodeDecodeError):  # damaged by hand or by a disk: decode everything again
+            log.warn(f"image cache: {self.index_path} is unreadable; the images are decoded again")
+            return {}
         return {k: v for k, v in index.items() if v[0] + v[1] * v[2] * 3 <= size}
 
     def prepare(self, paths: list[Path], workers: int, skip_bad: bool) -> list[BadImage]:

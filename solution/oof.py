@@ -19,13 +19,18 @@ from .context import checkpoint_dir
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .metric import samples_f1
+from .text import pipeline_identity
 from .models import REGISTRY, TRAINING_KEYS, FoldOutput
 
 
 def provenance(cfg: Config, comp, model: str, k: int) -> dict:
-    """What fold k of `model` is made from: data, folds, its settings and, for a stack, the content hashes
-    of the upstream feature arrays it reads (so retraining an upstream fold makes the stack's fold stale)."""
+    """What fold k of `model` is made from: data, folds, its settings, for caption models the text pipeline
+    (stop list, normaliser, vectors: the same settings on another machine must give the same tokens), and,
+    for a stack, the content hashes of the upstream feature arrays it reads (so retraining an upstream fold
+    makes the stack's fold stale)."""
     prov = {"data": comp.fingerprint, "folds": folds_hash(cfg), "config": settings_hash(cfg, model)}
+    if "text" in REGISTRY[model].sections:
+        prov["text"] = pipeline_identity(cfg)
     upstream = REGISTRY[model].needs(cfg)
     if upstream:
         prov["upstream"] = {m: _content_or_none(features_path(cfg, m, k)) for m in upstream}

@@ -331,6 +331,19 @@ def test_cache_miss_is_logged_once_as_the_slow_path(tmp_path, monkeypatch, count
     assert len(warnings) == 1
 
 
+def test_damaged_cache_index_is_rebuilt_not_a_traceback(tmp_path, monkeypatch):
+    paths = [solid(tmp_path / f"{i}.jpg", (30 * i, 20, 90)) for i in range(3)]
+    ImageStore(tmp_path / "cache", SIDE).prepare(paths, workers=0, skip_bad=False)
+    (tmp_path / "cache" / f"images_{SIDE}.json").write_text('{"half written')
+    warnings = []
+    monkeypatch.setattr(images.log, "warn", warnings.append)
+    store = ImageStore(tmp_path / "cache", SIDE)
+    store.prepare(paths, workers=0, skip_bad=False)
+    assert len(warnings) == 1 and "unreadable" in warnings[0]
+    for p in paths:
+        np.testing.assert_array_equal(store.get(p), load_rgb(p, CACHED))
+
+
 def _fill_cache(cache, paths, barrier) -> None:
     """One of several processes filling the same cache: all start together and take the lock image by image."""
     images.BATCH_BYTES = 1

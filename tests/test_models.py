@@ -309,3 +309,15 @@ def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path,
         outputs.append(REGISTRY[model].run(job))
     np.testing.assert_array_equal(outputs[0].val_probs, outputs[1].val_probs)
     np.testing.assert_array_equal(outputs[0].test_probs, outputs[1].test_probs)
+
+
+def test_caption_provenance_names_the_text_pipeline(leak_setup, monkeypatch):
+    """Another stop list (e.g. another machine's nltk data) makes every caption model's artefacts stale, not the image model's."""
+    import solution.text as text
+
+    cfg, comp = leak_setup
+    before = {m: provenance(cfg, comp, m, 0) for m in ("bilstm", "tfidf", "minilm", "joint", "resnet50")}
+    monkeypatch.setattr(text, "STOP_WORDS", text.STOP_WORDS | {"fire"})
+    after = {m: provenance(cfg, comp, m, 0) for m in before}
+    assert all(after[m]["text"]["stopwords"] != before[m]["text"]["stopwords"] for m in ("bilstm", "tfidf", "minilm", "joint"))
+    assert after["resnet50"] == before["resnet50"] and "text" not in before["resnet50"]
