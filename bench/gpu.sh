@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Issue 11's GPU figures, appended to BENCHMARKS.md, on a CUDA machine: `bash bench/gpu.sh` (expected about
-# 5 min; the step limits add up to 8 min, plus 100 s for the DDP row where there are two GPUs).
+# Issue 11's GPU figures, appended to BENCHMARKS.md, on a CUDA machine: `bash bench/gpu.sh`. Expected 4 to 6 min
+# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 8.5 min, plus
+# 100 s for the DDP row where there are two GPUs.
 #   1. ResNet50 @ 224, bf16, channels_last: train and inference img/s with and without the cache, the loader
 #      ceiling (1 worker and num_workers=auto) and the GPU alone (./run.sh bench device=cuda);
 #   2. the same with image.compile=true;
@@ -56,7 +57,7 @@ if [ -f "$data/train.csv" ]; then
       out_dir="$work/minilm-$finetune" models=minilm fold=0 text.finetune="$finetune" device=cuda
     echo "$step_seconds" > "$work/minilm-$finetune.seconds"
   done
-  "$PYTHON" - "$work" "$gpu" <<'PY'
+  step 30 "MiniLM fold-0 table" "$PYTHON" - "$work" "$gpu" <<'PY'
 """One row of the MiniLM table: fold-0 samples-F1 at 0.5 (and seconds) of the frozen and fine-tuned runs."""
 import json
 import sys
@@ -64,7 +65,7 @@ import time
 from pathlib import Path
 
 work, gpu = Path(sys.argv[1]), sys.argv[2]
-start, end = "<!-- minilm:start -->", "<!-- minilm:end -->"
+end = "<!-- minilm:end -->"
 cells = []
 for finetune in ("false", "true"):
     fold = work / f"minilm-{finetune}" / "oof" / "minilm" / "fold0.json"
@@ -73,10 +74,7 @@ for finetune in ("false", "true"):
 path = Path("BENCHMARKS.md")
 text = path.read_text(encoding="utf-8")
 if end not in text:
-    text += ("\n## MiniLM fine-tuned against frozen, fold 0 of the real captions (`bench/gpu.sh`)\n\n"
-             "`./run.sh train models=minilm fold=0 data_dir=../shared/data/comp5329 text.finetune=false|true`, "
-             "each in a fresh out_dir; fold-0 samples-F1 at 0.5 and the wall time of the whole command.\n\n"
-             f"{start}\n| date | GPU | frozen MiniLM + MLP head | fine-tuned MiniLM |\n|---|---|---|---|\n{end}\n")
+    sys.exit(f"bench/gpu.sh: {path} has no {end} line to put the MiniLM row above")
 head, tail = text.split(end, 1)
 row = f"| {time.strftime('%Y-%m-%d')} | {gpu} | {cells[0]} | {cells[1]} |\n"
 path.write_text(head + row + end + tail, encoding="utf-8")

@@ -203,7 +203,7 @@ def _write(cfg: Config, overrides: list[str], rows, device, n: int, bs: int) -> 
                  f"command | model @ size, batch | mode | train img/s | inference img/s |\n|---|---|---|---|---|---|---|\n"
                  f"{MARK_END}\n")
     command = "./run.sh bench " + " ".join(overrides)
-    workers = f"{cfg.worker_count()} workers{' (auto)' if cfg.num_workers == 'auto' else ''}"
+    workers = f"{cfg.worker_count()} workers{' = auto' if cfg.num_workers == 'auto' else ''}"
     new = "".join(f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {workers}) | `{command.strip()}` | "
                   f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | "
                   f"{'—' if infer is None else f'{infer:.1f}'} |\n" for mode, train, infer, _ in rows)

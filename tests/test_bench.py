@@ -30,4 +30,4 @@ def test_loader_rows_have_no_inference_figure(tmp_path):
     text = (tmp_path / "B.md").read_text()
     table = text.split(bench.MARK_START)[1].split(bench.MARK_END)[0]
     assert "| resized uint8 cache | 3.5 | 14.1 |" in table and "| loader alone (cache), 1 worker | 812.3 | — |" in table
-    assert f"{cfg.worker_count()} workers (auto)" in table and "`./run.sh bench device=cpu`" in table
+    assert f"{cfg.worker_count()} workers = auto" in table and "`./run.sh bench device=cpu`" in table
