@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from . import log
+from . import distributed, log
 from .config import build_config, help_text, save_config
 from .errors import UserError
 
@@ -54,9 +54,21 @@ def run(command: str, overrides: list[str]) -> None:
 
     # Bad data fails here, before anything is logged, so the user sees the one error line alone.
     comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo") else None
-    log_path = log.setup(cfg.out / "logs", command)
+    if cfg.gpus > 1 and not distributed.launched():
+        if command not in ("train", "all"):
+            raise UserError(f"gpus={cfg.gpus} applies to train and all (the image networks); drop it for {command}")
+        distributed.launch("train", overrides, cfg.gpus)  # every stage after train is single-process
+        if command == "train":
+            return
+        command, overrides = "all-after-train", [o for o in overrides if not o.startswith("gpus=")]
+    if distributed.launched():
+        from .trainer import resolve_device
+
+        distributed.init(resolve_device(cfg.device))
+    log_path = log.setup(cfg.out / "logs" if distributed.is_main() else None, command, quiet=not distributed.is_main())
     log.info(f"{command}: resolved config\n{json.dumps(cfg.to_dict(), indent=None, default=str)}")
-    save_config(cfg, cfg.out / "logs" / f"{log_path.stem if log_path else command}.config.json")
+    if distributed.is_main():
+        save_config(cfg, cfg.out / "logs" / f"{log_path.stem if log_path else command}.config.json")
     if command == "bench":
         from .bench import bench
 
@@ -82,6 +94,8 @@ def run(command: str, overrides: list[str]) -> None:
         return run_holdout(cfg, comp, run_all)
     if command in ("all", "demo"):
         return run_all(cfg, comp)
+    if command == "all-after-train":
+        return run_all(cfg, comp, stages=("tune", "submit", "report"))
     run_stage(command, cfg, comp)
 
 
@@ -92,8 +106,8 @@ def run_stage(name: str, cfg, comp) -> None:
     getattr(import_module(f"{__package__}.{name}"), name)(cfg, comp)
 
 
-def run_all(cfg, comp) -> None:
-    for name in ("train", "tune", "submit", "report"):
+def run_all(cfg, comp, stages=("train", "tune", "submit", "report")) -> None:
+    for name in stages:
         run_stage(name, cfg, comp)
     log.info(f"done: submission {cfg.out / 'submissions' / 'submission.csv'}; report {cfg.out / 'oof' / 'report.md'}")
 

@@ -119,6 +119,8 @@ class Config:
     seed: int = _opt(42, "seed for folds, weights, shuffling and Optuna")
     models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"], "comma list of registered models")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
+    gpus: int = _opt(0, "processes that train each image network together (DDP through torchrun, one per GPU; "
+                        "with device=cpu, gloo processes); 0 or 1 = one process. Caption models and tune stay single")
     epochs: typing.Optional[int] = _opt(None, "override every network's max epochs (default: image/text/fusion.epochs)")
     batch_size: typing.Optional[int] = _opt(None, "override every network's batch size")
     num_workers: typing.Union[int, typing.Literal["auto"]] = _opt(
@@ -165,6 +167,7 @@ class Config:
         if self.num_workers != "auto":
             return self.num_workers
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # DDP processes share the machine
         return min(16, max(cores - 2, min(cores, 2)))
 
     def to_dict(self) -> dict:
@@ -293,7 +296,7 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
 MODEL_NAMES = ("resnet50", "bilstm", "tfidf", "minilm", "fusion", "joint")
 
 # Smallest allowed value of each numeric setting that has one (None-able keys are checked when set).
-_MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "patience": 1, "epochs": 1, "batch_size": 1,
+_MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "patience": 1, "epochs": 1, "batch_size": 1,
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,

@@ -22,9 +22,10 @@ def _new_log_file(log_dir: Path, command: str) -> Path:
             continue
 
 
-def setup(log_dir: Path | None, command: str) -> Path | None:
-    """Log to stderr, and to a new logs/<command>-<time>[-n].log when the folder is writable."""
-    _logger.setLevel(logging.INFO)
+def setup(log_dir: Path | None, command: str, quiet: bool = False) -> Path | None:
+    """Log to stderr, and to a new logs/<command>-<time>[-n].log when the folder is writable; quiet (the
+    other ranks of a DDP run) shows warnings and errors only, so the console reads as one process's log."""
+    _logger.setLevel(logging.WARNING if quiet else logging.INFO)
     for handler in _logger.handlers:
         handler.close()
     _logger.handlers.clear()

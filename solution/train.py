@@ -9,7 +9,7 @@ import shutil
 import time
 
 
-from . import log
+from . import distributed, log
 from .config import Config, save_config
 from .context import FoldJob
 from .data import Competition
@@ -38,13 +38,20 @@ def prepare_images(cfg: Config, comp: Competition, frames):
 
 
 def train(cfg: Config, comp: Competition) -> None:
-    fold_of_row = make_folds(cfg, comp)
+    """In a DDP run every rank comes here: image networks train on all ranks, the other models on rank 0
+    alone, and only rank 0 writes folds, cache, checkpoints and artefacts (the others read them after)."""
+    fold_of_row = distributed.main_first(lambda: make_folds(cfg, comp))
     order = training_order(cfg, cfg.models)
-    store = prepare_images(cfg, comp, (comp.train, comp.test)) if needs_images(cfg, order) else None
-    save_config(cfg, cfg.out / "oof" / "config.json")
+    store = distributed.main_first(lambda: prepare_images(cfg, comp, (comp.train, comp.test))) \
+        if needs_images(cfg, order) else None
+    main = distributed.is_main()
+    if main:
+        save_config(cfg, cfg.out / "oof" / "config.json")
     for model in order:
         spec = REGISTRY[model]
+        together = spec.kind == "image"  # the networks worth several GPUs
         for k in cfg.fold:
+            distributed.barrier()  # every rank sees the same finished folds
             prov = provenance(cfg, comp, model, k)  # per fold: a stack's depends on its upstream fold's features
             job = FoldJob(cfg, comp, fold_of_row, k, model, prov, store)
             if fold_done(cfg, comp, model, k, prov):
@@ -52,15 +59,24 @@ def train(cfg: Config, comp: Competition) -> None:
                     log.info(f"{job.label}: already trained with these data, folds and settings; skipping "
                              "(force=true retrains)")
                     continue
-            if cfg.force and job.ckpt_dir.exists():
-                shutil.rmtree(job.ckpt_dir)
-            record_path(cfg, model, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
+            if not (together or main):
+                continue
+            if main:
+                if cfg.force and job.ckpt_dir.exists():
+                    shutil.rmtree(job.ckpt_dir)
+                record_path(cfg, model, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
+            if together:
+                distributed.barrier()  # rank 0 has cleared what force=true retrains
             seed_everything(cfg.seed * 100 + k)
             start = time.time()
             out = spec.run(job)
-            save_fold(cfg, comp, model, k, job.val_idx, out, prov, job.train_idx)
+            if main:
+                save_fold(cfg, comp, model, k, job.val_idx, out, prov, job.train_idx)
             log.info(f"{job.label}: fold {k} samples-F1 at 0.5 = {samples_f1(comp.y[job.val_idx], out.val_probs):.4f} "
                      f"on its {len(job.val_idx)} unseen rows ({time.time() - start:.0f}s)")
+    distributed.barrier()
+    if not main:
+        return
     for model in order:
         missing = [k for k in range(cfg.n_folds) if not fold_done(cfg, comp, model, k, provenance(cfg, comp, model, k))]
         if not missing:

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import log
+from . import distributed, log
 from .artefacts import atomic_path
 from .context import FoldJob
 from .errors import UserError
@@ -60,23 +60,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _rng_state() -> dict:
-    state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": [torch.from_numpy(state[1].astype(np.int64)), int(state[2]), int(state[3]), float(state[4])],
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-    keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def _to(inputs, device, channels_last: bool):
     out = []
     for x in inputs:
@@ -105,7 +88,9 @@ def _resume_state(job: FoldJob, last_path) -> dict | None:
         return load_checkpoint(last_path)
     except Exception as err:  # any unpickling or zip error means the file is unusable
         log.warn(f"{job.label}: {last_path} is unreadable ({type(err).__name__}); starting this fold from scratch")
-        last_path.unlink(missing_ok=True)
+        distributed.barrier()  # every rank has read it before rank 0 removes it
+        if distributed.is_main():
+            last_path.unlink(missing_ok=True)
         return None
 
 
@@ -138,9 +123,11 @@ def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False
     """Probabilities and pooled features for every row of `loader`, in loader order."""
     net.to(device).eval()
     channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
     dtype = autocast_dtype(device)
     probs, feats = [], []
-    for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True):
+    for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=_quiet()):
         inputs = _to(inputs, device, channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             f = net.embed(*inputs).float()
@@ -151,12 +138,33 @@ def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False
                 f = (f + f2) / 2
         probs.append(p.cpu().numpy())
         feats.append(f.cpu().numpy())
-    return np.concatenate(probs), np.concatenate(feats).astype(np.float32)
+    probs, feats = np.concatenate(probs or [np.zeros((0, 18), np.float32)]), np.concatenate(feats or [np.zeros(0)])
+    if isinstance(loader.dataset, RankShard):  # this rank predicted its share: every rank gets all rows, in order
+        probs, feats = distributed.gather_rows(probs, feats)
+    return probs, feats.astype(np.float32)
+
+
+def _quiet() -> bool | None:
+    """Progress bars on rank 0 only (None lets tqdm's own TQDM_DISABLE decide)."""
+    return None if distributed.is_main() else True
+
+
+class Logits(nn.Module):
+    """net.head(net.embed(*inputs)) as one forward call: DistributedDataParallel syncs gradients of what its
+    forward computed, so a DDP run wraps this, not the net."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, *inputs):
+        return self.net.head(self.net.embed(*inputs))
 
 
 def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_clip: float,
-               device: torch.device) -> torch.Tensor:
-    """One optimiser step under autocast; returns the loss, still on the device.
+               device: torch.device, forward: nn.Module | None = None) -> torch.Tensor:
+    """One optimiser step under autocast; returns the loss, still on the device. `forward` (the DDP wrapper
+    of Logits(net)) computes the logits when given, so the gradients are averaged over the ranks.
 
     The step is taken whatever the loss: looking at it here would wait for the GPU at every step. A
     non-finite loss can so spoil the weights in memory, but LossTally finds it within CHECK_EVERY steps,
@@ -166,7 +174,7 @@ def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_
     target = target.to(device, non_blocking=True).float()
     dtype = autocast_dtype(device)
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits = net.head(net.embed(*inputs))
+        logits = forward(*inputs) if forward is not None else net.head(net.embed(*inputs))
     loss = loss_fn(logits.float(), target)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -215,14 +223,28 @@ class LossTally:
 
 def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
         loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows") -> FitResult:
-    """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches."""
+    """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches.
+
+    In a DDP run (several ranks, loaders made with split=True) every rank steps on its share of each global
+    batch and the gradients are averaged; on CUDA BatchNorm becomes SyncBatchNorm, so a step equals the
+    one-process step on the whole batch. On the CPU (gloo, for tests) BatchNorm keeps per-rank statistics,
+    averaged over the ranks after each epoch. Rank 0 alone writes checkpoints; the early-stopping decision
+    is rank 0's, broadcast. Every epoch reseeds all RNGs from (seed, fold, epoch, rank): resume is exact."""
     cfg = job.cfg
     device = training_device(cfg)
+    ddp = distributed.active()
+    if ddp and device.type == "cuda":
+        net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # in place below the top module; same parameters
     net.to(device)
     channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     compile_backbone(net, cfg)
+    forward = None
+    if ddp:
+        from torch.nn.parallel import DistributedDataParallel
+
+        forward = DistributedDataParallel(Logits(net), device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
     loss_fn = loss_fn.to(device)
     dtype = autocast_dtype(device)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -237,7 +259,6 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
             optimizer.load_state_dict(ckpt["optimizer"])
             scheduler.load_state_dict(ckpt["scheduler"])
             scaler.load_state_dict(ckpt["scaler"])
-            _set_rng_state(ckpt["rng"])
             state = {k: ckpt[k] for k in state}
             log.info(f"{job.label}: resuming after epoch {state['epoch']} from {last_path}")
         else:
@@ -246,23 +267,26 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
     for epoch in range(state["epoch"] + 1, epochs + 1):
         if state["bad_epochs"] >= cfg.patience:
             break
-        reseed(cfg.seed * 1000 + job.k * 100 + epoch)
+        epoch_seed = cfg.seed * 1000 + job.k * 100 + epoch
+        seed_everything(epoch_seed * 64 + distributed.rank())  # dropout, and augmentation without workers
+        reseed(epoch_seed)  # the loader: shuffle order (one for all ranks) and worker seeds
         net.train()
         start, tally = time.time(), LossTally(job.label, epoch)
         with tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True,
-                  leave=False) as bar:
+                  leave=False, disable=_quiet()) as bar:
             for step, (inputs, target) in enumerate(train_loader, start=1):
-                loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device)
-                bar.update(len(target))
+                loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device, forward)
+                bar.update(len(target) * distributed.world())
                 if tally.add(step, loss, len(target)):
                     bar.set_postfix(loss=f"{tally.mean:.4f}")
             tally.check()
         train_seconds = time.time() - start
+        distributed.average_buffers(net)
         probs, _ = predict(net, stop_loader, device, desc=f"{job.label} validate")
         y = torch.from_numpy(y_stop.astype(np.float32))
         val_loss = float(loss_fn.cpu()(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)), y))
         loss_fn.to(device)
-        val_f1 = samples_f1(y_stop, probs)
+        val_f1 = distributed.broadcast(samples_f1(y_stop, probs))
         lr = optimizer.param_groups[-1]["lr"]
         if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             scheduler.step(val_f1)
@@ -272,23 +296,26 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         state["epoch"] = epoch
         if improved:
             state.update(best_f1=val_f1, best_epoch=epoch, bad_epochs=0)
-            save_checkpoint(best_path, {"model": net.state_dict(), "provenance": job.provenance,
-                                        "epoch": epoch, "val_f1": val_f1})
+            if distributed.is_main():
+                save_checkpoint(best_path, {"model": net.state_dict(), "provenance": job.provenance,
+                                            "epoch": epoch, "val_f1": val_f1})
         else:
             state["bad_epochs"] += 1
         seconds = time.time() - start
-        row = {"epoch": epoch, "train_loss": tally.mean, "val_loss": val_loss, "val_f1": val_f1,
-               "lr": lr, "seconds": seconds, "train_per_s": tally.seen / max(train_seconds, 1e-9)}
+        row = {"epoch": epoch, "train_loss": tally.mean, "val_loss": val_loss, "val_f1": val_f1, "lr": lr,
+               "seconds": seconds, "train_per_s": tally.seen * distributed.world() / max(train_seconds, 1e-9)}
         state["history"].append(row)
         log.info(f"{job.label} epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                  f"val_f1 {val_f1:.4f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:.1f}s  "
                  f"{row['train_per_s']:.0f} {unit}/s")
-        save_checkpoint(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                    "rng": _rng_state(), "provenance": job.provenance, **state})
+        if distributed.is_main():
+            save_checkpoint(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                        "provenance": job.provenance, **state})
         if state["bad_epochs"] >= cfg.patience:
             log.info(f"{job.label}: early stop after epoch {epoch}, best val_f1 {state['best_f1']:.4f} "
                      f"at epoch {state['best_epoch']}")
+    distributed.barrier()  # rank 0 has written best.pt
     if not best_path.exists():
         raise UserError(f"{job.label}: no epoch finished (epochs={epochs}); set epochs>=1")
     net.load_state_dict(load_checkpoint(best_path)["model"])
@@ -297,24 +324,67 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
     return FitResult(state["best_f1"], state["best_epoch"], state["history"])
 
 
-def make_loader(dataset, batch_size: int, cfg, shuffle: bool):
+def make_loader(dataset, batch_size: int, cfg, shuffle: bool, split: bool = False):
     """A DataLoader with the speed settings (cfg.worker_count() workers, kept across epochs and each 4
     batches ahead; pinned memory on CUDA) and a reseed hook.
 
-    Returns (loader, reseed); calling reseed(s) makes the next epoch's shuffle and worker seeds depend
-    only on s, so a resumed run sees the same batches as an uninterrupted one.
+    Returns (loader, reseed); calling reseed(s) makes the next epoch's shuffle and augmentation depend
+    only on s (SeededRows), so a resumed run sees the same batches as an uninterrupted one, with any number
+    of workers. split=True, in a DDP run, shares the rows out over the ranks: a training loader draws this
+    rank's part of every global batch of batch_size rows (DistributedSampler: one shuffle for all ranks, no
+    row repeated); an evaluation loader reads this rank's contiguous shard, and predict() gathers them.
     """
     generator = torch.Generator().manual_seed(cfg.seed)
     in_memory = isinstance(dataset, ArrayRows)  # whole batches by one index: worker processes only cost
     workers = 0 if in_memory else cfg.worker_count()
     cuda = resolve_device(cfg.device).type == "cuda"
+    if split and distributed.active() and not shuffle:
+        dataset = RankShard(dataset, distributed.shard(len(dataset)))
+    sampler, reseed = None, generator.manual_seed
+    if shuffle:
+        rows = torch.utils.data.RandomSampler(dataset, generator=generator)
+        if split and distributed.active():
+            if batch_size % distributed.world():
+                raise UserError(f"batch size {batch_size} does not split over {distributed.world()} processes; "
+                                f"choose image.batch_size as a multiple of gpus={distributed.world()}")
+            batch_size //= distributed.world()
+            rows = torch.utils.data.DistributedSampler(dataset, shuffle=True, seed=cfg.seed, drop_last=True)
+        sampler = SeededRows(rows, len(dataset))
+        reseed = sampler.reseed
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=cuda,
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=cuda,
         persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None,
         worker_init_fn=_one_opencv_thread if workers > 0 else None,
         drop_last=shuffle and len(dataset) > batch_size, generator=generator,
         collate_fn=_batch_as_is if in_memory else None)
-    return loader, generator.manual_seed
+    return loader, reseed
+
+
+class SeededRows(torch.utils.data.Sampler):
+    """A training sampler's rows, each as the index epoch_seed * n + row: datasets read row index % n, and
+    one with random augmentation (ImageRows) seeds it from the index. reseed(s) sets the epoch's shuffle
+    (the generator of a RandomSampler, or the epoch of a DistributedSampler: one order for all ranks)."""
+
+    def __init__(self, rows, n: int):
+        self.rows, self.n, self.epoch_seed = rows, n, 0
+
+    def reseed(self, s: int) -> None:
+        self.epoch_seed = s
+        if isinstance(self.rows, torch.utils.data.DistributedSampler):
+            self.rows.set_epoch(s)
+        else:
+            self.rows.generator.manual_seed(s)
+
+    def __iter__(self):
+        offset = self.epoch_seed * self.n
+        return (offset + i for i in self.rows)
+
+    def __len__(self):
+        return len(self.rows)
+
+
+class RankShard(torch.utils.data.Subset):
+    """This rank's contiguous rows of an evaluation set (make_loader split=True in a DDP run)."""
 
 
 def _one_opencv_thread(worker_id: int) -> None:
@@ -341,9 +411,10 @@ class ArrayRows(torch.utils.data.Dataset):
         return len(self.y)
 
     def __getitem__(self, i):
+        i %= len(self.y)  # a training loader's SeededRows index
         return tuple(a[i] for a in self.arrays), self.y[i]
 
     def __getitems__(self, indices):
         """A whole batch by one fancy index (the DataLoader prefers this to one row at a time)."""
-        idx = torch.as_tensor(indices)
+        idx = torch.as_tensor(indices) % len(self.y)
         return tuple(a[idx] for a in self.arrays), self.y[idx]

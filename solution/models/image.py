@@ -134,7 +134,11 @@ def transforms(cfg, train: bool, crop_pct: float = 1 / CACHE_SCALE) -> A.Compose
 
 
 class ImageRows(torch.utils.data.Dataset):
-    """Rows of (image,) or, with `tokens`, (image, caption token ids), and the 18 targets."""
+    """Rows of (image,) or, with `tokens`, (image, caption token ids), and the 18 targets.
+
+    A training loader asks for row i of epoch seed s as the index s * len + i (trainer.SeededRows), and the
+    augmentation of that row is seeded from the index alone (albumentations keeps an RNG of its own,
+    unseeded unless told): the same with any number of workers or ranks, and after a resume."""
 
     def __init__(self, paths, y, store: ImageStore, transform, tokens: np.ndarray | None = None):
         self.paths, self.y, self.store, self.transform, self.tokens = list(paths), y, store, transform, tokens
@@ -142,10 +146,10 @@ class ImageRows(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, i):
-        # albumentations keeps its own RNG, unseeded unless told; drawing its seed from torch's RNG ties the
-        # augmentation to seed (and, in worker processes, to the loader's per-worker seeds)
-        self.transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
+    def __getitem__(self, index):
+        epoch_seed, i = divmod(index, len(self.paths))
+        if epoch_seed:  # evaluation rows come as plain indices: their transform draws nothing
+            self.transform.set_random_seed(index)
         image = self.transform(image=self.store.get(self.paths[i]))["image"]
         inputs = (image,) if self.tokens is None else (image, torch.from_numpy(self.tokens[i]))
         target = self.y[i] if self.y is not None else np.zeros(N_LABELS, np.uint8)
@@ -166,7 +170,7 @@ def eval_probs(job: FoldJob, net: nn.Module, frame, device, tokens: np.ndarray |
     cfg = job.cfg
     eval_transform = transforms(cfg, False, float(net.crop_pct))
     loader, _ = make_loader(ImageRows(image_paths(job, frame), None, job.store, eval_transform, tokens),
-                            cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False)
+                            cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False, split=True)
     return predict(net, loader, device, tta_flip=cfg.image.tta, desc=f"{job.label} predict")
 
 
@@ -185,10 +189,11 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     bs = cfg.network_batch(cfg.image.batch_size)
     rows = lambda idx: None if tokens is None else tokens[idx]  # noqa: E731
     train_loader, reseed = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
-                                                 job.store, transforms(cfg, True), rows(job.fit_idx)), bs, cfg, shuffle=True)
+                                                 job.store, transforms(cfg, True), rows(job.fit_idx)), bs, cfg,
+                                       shuffle=True, split=True)
     stop_loader, _ = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.stop_idx]), comp.y[job.stop_idx],
                                            job.store, transforms(cfg, False, float(net.crop_pct)), rows(job.stop_idx)),
-                                 bs * 2, cfg, shuffle=False)
+                                 bs * 2, cfg, shuffle=False, split=True)
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img")
     val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))

@@ -1,0 +1,193 @@
+"""DDP on the CPU (gloo, 2 processes, tiny backbones): one step equals the one-process step on the global
+batch; a 2-process `train gpus=2` writes the artefacts a 1-process run writes; a killed 2-process run resumes.
+
+The CLI runs start right after collection (conftest calls start_background) and overlap the other tests.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from solution.artefacts import load_arrays, read_json
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["models=resnet50", "n_folds=2", "num_workers=0", "device=cpu", "image.model=test_resnet", "image.size=32",
+        "image.pretrained=false", "image.batch_size=8", "image.lr=3e-3"]
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below pid, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_then_resume(data: Path, out: Path, result: dict) -> None:
+    """A 2-process run killed (the whole process group, like a lost machine) once its first epoch is saved,
+    then the same command again; result gets both runs' stderr and the second's exit code."""
+    args = [sys.executable, "-m", "solution", "train", f"data_dir={data}", f"out_dir={out}", "fold=0", *TINY,
+            "image.epochs=6", "patience=10", "gpus=2"]
+    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = out / "checkpoints" / "resnet50" / "fold0" / "last.pt"
+    deadline = time.time() + 240
+    while time.time() < deadline and not last.exists() and first.poll() is None:
+        time.sleep(0.1)
+    for pid in [first.pid, *_descendants(first.pid)]:  # torchrun puts its workers in sessions of their own
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    result["killed"] = first.communicate()[1]
+    result["oof_after_kill"] = (out / "oof" / "resnet50" / "fold0.npz").exists()
+    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result["resumed"], result["code"] = second.stderr, second.returncode
+
+
+def start_background(root: Path, start) -> dict:
+    from solution.demo import make_dataset
+
+    data = make_dataset(root / "data", n_train=48, n_test=10, size=(40, 32))
+    common = [f"data_dir={data}", *TINY, "image.epochs=2"]
+    started = {"data": data, "one": start("train", f"out_dir={root / 'one'}", *common),
+               "two": start("train", f"out_dir={root / 'two'}", *common, "gpus=2"), "resume": {}}
+    thread = threading.Thread(target=_kill_then_resume, args=(data, root / "resume", started["resume"]), daemon=True)
+    thread.start()
+    started["resume_thread"], started["root"] = thread, root
+    return started
+
+
+@pytest.fixture(scope="module")
+def runs(background, tmp_path_factory, start_cli):
+    return background.get(__name__) or start_background(tmp_path_factory.mktemp("ddp"), start_cli)
+
+
+def _artefacts(out: Path) -> dict[str, dict]:
+    """Each OOF file's rows and provenance, and each fold record's provenance and weight-file names."""
+    found = {}
+    for path in sorted((out / "oof" / "resnet50").glob("fold*.npz")):
+        meta, arrays = load_arrays(path)
+        found[path.name] = {"ids": {k: v.tolist() for k, v in arrays.items() if k.endswith("_ids")},
+                            "shapes": {k: v.shape for k, v in arrays.items()},
+                            "provenance": {k: meta[k] for k in ("data", "folds", "config")}}
+    for path in sorted((out / "checkpoints" / "resnet50").glob("fold*/fold.json")):
+        record = read_json(path)
+        found[str(path.relative_to(out))] = {"provenance": record["provenance"], "files": sorted(record["files"])}
+    return found
+
+
+def test_two_process_train_writes_what_a_one_process_train_writes(runs):
+    for name in ("one", "two"):
+        proc = runs[name].result(timeout=400)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (Path(runs["root"]) / name for name in ("one", "two"))
+    assert _artefacts(two) == _artefacts(one) and len(_artefacts(one)) == 6  # features, OOF, record per fold
+    for k in (0, 1):
+        probs = load_arrays(two / "oof" / "resnet50" / f"fold{k}.npz")[1]
+        assert np.isfinite(probs["val_probs"]).all() and np.isfinite(probs["test_probs"]).all()
+    assert "resnet50: all 2 folds done" in runs["two"].result().stderr
+    assert runs["two"].result().stderr.count("resnet50 fold 0 epoch 1/2:") == 1  # rank 0 alone logs
+
+
+def test_a_killed_two_process_run_resumes_and_completes(runs):
+    runs["resume_thread"].join(timeout=500)
+    result = runs["resume"]
+    assert not result["oof_after_kill"], "the run finished before it could be killed"
+    assert result["code"] == 0, result["resumed"][-3000:]
+    assert "resuming after epoch" in result["resumed"] and "epoch 1/6:" not in result["resumed"]
+    assert (Path(runs["root"]) / "resume" / "oof" / "resnet50" / "fold0.npz").exists()
+
+
+# ---- one optimisation step: 2 ranks on halves of a global batch == 1 process on the whole batch -------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _step(backbone: str, x: torch.Tensor, y: torch.Tensor, forward_wrapper=None) -> dict:
+    """Build the image net with seed 0, take one train_step on (x, y), return its weights."""
+    import timm
+
+    from solution.config import build_config
+    from solution.losses import make_loss
+    from solution.models.image import ImageNet
+    from solution.trainer import Logits, make_optimizer, train_step
+
+    torch.manual_seed(0)
+    net = ImageNet(timm.create_model(backbone, pretrained=False, num_classes=0))
+    cfg = build_config(["device=cpu"])
+    optimizer = make_optimizer(cfg, [{"params": net.parameters(), "lr": 1e-2}], torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    forward = forward_wrapper(Logits(net)) if forward_wrapper else None
+    loss_fn = make_loss(cfg, np.ones((4, 18), np.uint8))
+    net.train()
+    train_step(net, (x,), y, loss_fn, optimizer, scaler, 1.0, torch.device("cpu"), forward)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8, generator=g), \
+        (torch.rand(8, 18, generator=g) < 0.3).float()
+
+
+def _rank_step(rank: int, port: int, backbone: str, out: str) -> None:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    x, y = _batch()
+    half = slice(4 * rank, 4 * rank + 4)
+    state = _step(backbone, x[half], y[half], DistributedDataParallel)
+    torch.save(state, Path(out) / f"rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("backbone", ["test_convnext", "test_resnet"])
+def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path, backbone):
+    """Without BatchNorm (test_convnext: LayerNorm) the 2-rank step equals the 1-process step. With BatchNorm
+    on the CPU (test_resnet; SyncBatchNorm exists on GPUs only) each rank normalises its own half, so the
+    ranks agree with each other (DDP averages the gradients) but not exactly with the 1-process step."""
+    torch.multiprocessing.spawn(_rank_step, args=(_free_port(), backbone, str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    x, y = _batch()
+    alone = _step(backbone, x, y)
+    params = [k for k in alone if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    for k in params:
+        torch.testing.assert_close(ranks[0][k], ranks[1][k], rtol=0, atol=1e-6)
+    assert any(not torch.equal(alone[k], _initial(backbone)[k]) for k in params)  # the step moved the weights
+    if backbone == "test_convnext":
+        for k in params:
+            torch.testing.assert_close(ranks[0][k], alone[k], rtol=1e-4, atol=1e-5)
+
+
+def _initial(backbone: str) -> dict:
+    import timm
+
+    from solution.models.image import ImageNet
+
+    torch.manual_seed(0)
+    return ImageNet(timm.create_model(backbone, pretrained=False, num_classes=0)).state_dict()
