@@ -5,7 +5,8 @@
 #   1. ResNet50 @ 224, bf16, channels_last: train and inference img/s with and without the cache, the loader
 #      ceiling (1 worker and num_workers=auto) and the GPU alone (./run.sh bench device=cuda);
 #   2. the same with image.compile=true;
-#   3. with 2 or more GPUs, the 2-GPU DDP row (./run.sh bench gpus=2);
+#   3. end to end: ResNet50 (random init) trained on fold 0 of 2,000 synthetic 400x300 JPEGs for 2 epochs,
+#      the last epoch's training img/s as the log reports it, on 1 GPU and, with 2 or more GPUs, gpus=2 (DDP);
 #   4. MiniLM on fold 0 of the real captions, frozen and fine-tuned (text.finetune=true), and their fold-0
 #      samples-F1 at 0.5 as one row of a table in BENCHMARKS.md (skipped when DATA_DIR has no train.csv).
 # PYTHON (default: .venv/bin/python if present, else python3) runs the project; DATA_DIR defaults to
@@ -47,9 +48,34 @@ step() {  # step SECONDS WHAT COMMAND...: one measurement under a time limit; a 
 
 step 100 "ResNet50 @ 224 bench (cache, no cache, loader ceiling, GPU alone)" "$PYTHON" -m solution bench device=cuda
 step 200 "the same with image.compile=true" "$PYTHON" -m solution bench device=cuda image.compile=true
-if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
-  step 100 "2-GPU DDP bench" "$PYTHON" -m solution bench device=cuda gpus=2
-fi
+gpus="$(nvidia-smi -L | wc -l)"
+step 240 "end-to-end training rate, 1 GPU$([ "$gpus" -ge 2 ] && echo ' and 2 GPUs (DDP)')" "$PYTHON" - "$work" "$gpu" "$gpus" <<'PY'
+"""Train resnet50 on fold 0 of a synthetic set (1 GPU, then gpus=2 when there are two) and put the last epoch's
+logged training img/s, data loading included, as rows of the end-to-end table in BENCHMARKS.md."""
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from solution.demo import make_dataset
+
+work, gpu, gpus = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+data = make_dataset(work / "e2e-data", n_train=2000, n_test=16, size=(400, 300))
+rows = []
+for n in [1, 2] if gpus >= 2 else [1]:
+    args = [sys.executable, "-m", "solution", "train", f"data_dir={data}", f"out_dir={work / f'e2e-{n}'}", "models=resnet50",
+            "fold=0", "image.pretrained=false", "image.epochs=2", "device=cuda", f"gpus={n}"]
+    proc = subprocess.run(args, capture_output=True, text=True)
+    rates = re.findall(r"epoch 2/2: .* ([0-9]+) img/s", proc.stderr)
+    print(proc.stderr[-1500:])
+    rows.append(f"| {time.strftime('%Y-%m-%d')} | {gpu} x {n} | `{' '.join(args[2:])}` | {rates[-1] if rates else 'failed'} |\n")
+end = "<!-- e2e:end -->"
+path = Path("BENCHMARKS.md")
+head, tail = path.read_text(encoding="utf-8").split(end, 1)
+path.write_text(head + "".join(rows) + end + tail, encoding="utf-8")
+print("".join(rows))
+PY
 
 if [ -f "$data/train.csv" ]; then
   for finetune in false true; do
