@@ -38,6 +38,8 @@ class ImageConfig:
     cache: bool = _opt(True, "decode each JPEG once into a resized uint8 cache under out_dir/cache")
     compile: bool = _opt(False, "torch.compile the image backbone for training and the predictions after it "
                                 "(a GPU speed-up; the first steps wait for the compiler)")
+    gpu_aug: bool = _opt(False, "augment training images on the device (random resized crop and flips by grid_sample "
+                                "on uint8 squares cut from the cache): loader workers only copy bytes")
 
 
 @dataclass

@@ -162,14 +162,17 @@ class Logits(nn.Module):
 
 
 def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_clip: float,
-               device: torch.device, forward: nn.Module | None = None) -> torch.Tensor:
+               device: torch.device, forward: nn.Module | None = None, augment=None) -> torch.Tensor:
     """One optimiser step under autocast; returns the loss, still on the device. `forward` (the DDP wrapper
-    of Logits(net)) computes the logits when given, so the gradients are averaged over the ranks.
+    of Logits(net)) computes the logits when given, so the gradients are averaged over the ranks;
+    `augment` (image.gpu_aug) turns the first input into the augmented float batch on the device.
 
     The step is taken whatever the loss: looking at it here would wait for the GPU at every step. A
     non-finite loss can so spoil the weights in memory, but LossTally finds it within CHECK_EVERY steps,
     and always before the epoch's checkpoints are written, and the run stops there."""
     channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
+    if augment is not None:  # the first input is a batch of uint8 HWC squares: crop and flip it on the device
+        inputs = [augment(inputs[0].to(device, non_blocking=True)), *inputs[1:]]
     inputs = _to(inputs, device, channels_last)
     target = target.to(device, non_blocking=True).float()
     dtype = autocast_dtype(device)
@@ -222,7 +225,7 @@ class LossTally:
 
 
 def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
-        loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows") -> FitResult:
+        loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows", augment=None) -> FitResult:
     """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches.
 
     In a DDP run (several ranks, loaders made with split=True) every rank steps on its share of each global
@@ -270,12 +273,15 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         epoch_seed = cfg.seed * 1000 + job.k * 100 + epoch
         seed_everything(epoch_seed * 64 + distributed.rank())  # dropout, and augmentation without workers
         reseed(epoch_seed)  # the loader: shuffle order (one for all ranks) and worker seeds
+        if augment is not None:
+            augment.reseed(epoch_seed * 64 + distributed.rank())
         net.train()
         start, tally = time.time(), LossTally(job.label, epoch)
         with tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True,
                   leave=False, disable=_quiet()) as bar:
             for step, (inputs, target) in enumerate(train_loader, start=1):
-                loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device, forward)
+                loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device, forward,
+                                  augment)
                 bar.update(len(target) * distributed.world())
                 if tally.add(step, loss, len(target)):
                     bar.set_postfix(loss=f"{tally.mean:.4f}")

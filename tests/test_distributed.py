@@ -1,5 +1,6 @@
 """DDP on the CPU (gloo, 2 processes, tiny backbones): one step equals the one-process step on the global
-batch; a 2-process `train gpus=2` writes the artefacts a 1-process run writes; a killed 2-process run resumes.
+batch; a 2-process `train gpus=2`, killed after its first epoch and run again, resumes and writes the
+artefacts a 1-process run writes.
 
 The CLI runs start right after collection (conftest calls start_background) and overlap the other tests.
 """
@@ -42,38 +43,35 @@ def _descendants(pid: int) -> list[int]:
     return found
 
 
-def _kill_then_resume(data: Path, out: Path, result: dict) -> None:
-    """A 2-process run killed (the whole process group, like a lost machine) once its first epoch is saved,
-    then the same command again; result gets both runs' stderr and the second's exit code."""
-    args = [sys.executable, "-m", "solution", "train", f"data_dir={data}", f"out_dir={out}", "fold=0", *TINY,
-            "image.epochs=6", "patience=10", "gpus=2"]
-    first = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    last = out / "checkpoints" / "resnet50" / "fold0" / "last.pt"
+def _kill_then_resume(args: list[str], last: Path, result: dict) -> None:
+    """A 2-process run killed (every process, like a lost machine) once `last` is saved, then the same
+    command again; result gets whether it was killed in time, and the second run's stderr and exit code."""
+    command = [sys.executable, "-m", "solution", "train", *args]
+    first = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not last.exists() and first.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
+    result["killed_in_time"] = first.poll() is None
     for pid in [first.pid, *_descendants(first.pid)]:  # torchrun puts its workers in sessions of their own
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    result["killed"] = first.communicate()[1]
-    result["oof_after_kill"] = (out / "oof" / "resnet50" / "fold0.npz").exists()
-    second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    result["resumed"], result["code"] = second.stderr, second.returncode
+    first.wait()
+    second = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    result["stderr"], result["code"] = second.stderr, second.returncode
 
 
 def start_background(root: Path, start) -> dict:
     from solution.demo import make_dataset
 
     data = make_dataset(root / "data", n_train=48, n_test=10, size=(40, 32))
-    common = [f"data_dir={data}", *TINY, "image.epochs=2"]
-    started = {"data": data, "one": start("train", f"out_dir={root / 'one'}", *common),
-               "two": start("train", f"out_dir={root / 'two'}", *common, "gpus=2"), "resume": {}}
-    thread = threading.Thread(target=_kill_then_resume, args=(data, root / "resume", started["resume"]), daemon=True)
+    common = [f"data_dir={data}", *TINY, "image.epochs=3", "patience=10"]
+    two: dict = {}
+    thread = threading.Thread(target=_kill_then_resume, daemon=True, args=(
+        [f"out_dir={root / 'two'}", *common, "gpus=2"], root / "two" / "checkpoints" / "resnet50" / "fold0" / "last.pt", two))
     thread.start()
-    started["resume_thread"], started["root"] = thread, root
-    return started
+    return {"root": root, "one": start("train", f"out_dir={root / 'one'}", *common), "two": two, "two_thread": thread}
 
 
 @pytest.fixture(scope="module")
@@ -95,26 +93,21 @@ def _artefacts(out: Path) -> dict[str, dict]:
     return found
 
 
-def test_two_process_train_writes_what_a_one_process_train_writes(runs):
-    for name in ("one", "two"):
-        proc = runs[name].result(timeout=400)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    one, two = (Path(runs["root"]) / name for name in ("one", "two"))
-    assert _artefacts(two) == _artefacts(one) and len(_artefacts(one)) == 6  # features, OOF, record per fold
+def test_a_killed_two_process_train_resumes_and_writes_what_a_one_process_train_writes(runs):
+    proc = runs["one"].result(timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs["two_thread"].join(timeout=600)
+    two = runs["two"]
+    assert two["killed_in_time"], "the 2-process run finished before it could be killed"
+    assert two["code"] == 0, two["stderr"][-3000:]
+    assert "resnet50 fold 0: resuming after epoch" in two["stderr"] and "fold 0 epoch 1/3:" not in two["stderr"]
+    assert "resnet50: all 2 folds done" in two["stderr"]
+    assert two["stderr"].count("resnet50 fold 1 epoch 1/3:") == 1  # rank 0 alone logs
+    one, two_out = (Path(runs["root"]) / name for name in ("one", "two"))
+    assert _artefacts(two_out) == _artefacts(one) and len(_artefacts(one)) == 6  # features, OOF, record per fold
     for k in (0, 1):
-        probs = load_arrays(two / "oof" / "resnet50" / f"fold{k}.npz")[1]
+        probs = load_arrays(two_out / "oof" / "resnet50" / f"fold{k}.npz")[1]
         assert np.isfinite(probs["val_probs"]).all() and np.isfinite(probs["test_probs"]).all()
-    assert "resnet50: all 2 folds done" in runs["two"].result().stderr
-    assert runs["two"].result().stderr.count("resnet50 fold 0 epoch 1/2:") == 1  # rank 0 alone logs
-
-
-def test_a_killed_two_process_run_resumes_and_completes(runs):
-    runs["resume_thread"].join(timeout=500)
-    result = runs["resume"]
-    assert not result["oof_after_kill"], "the run finished before it could be killed"
-    assert result["code"] == 0, result["resumed"][-3000:]
-    assert "resuming after epoch" in result["resumed"] and "epoch 1/6:" not in result["resumed"]
-    assert (Path(runs["root"]) / "resume" / "oof" / "resnet50" / "fold0.npz").exists()
 
 
 # ---- one optimisation step: 2 ranks on halves of a global batch == 1 process on the whole batch -------
@@ -152,7 +145,10 @@ def _batch():
         (torch.rand(8, 18, generator=g) < 0.3).float()
 
 
-def _rank_step(rank: int, port: int, backbone: str, out: str) -> None:
+BACKBONES = ("test_convnext", "test_resnet")
+
+
+def _rank_step(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
@@ -161,27 +157,26 @@ def _rank_step(rank: int, port: int, backbone: str, out: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=2)
     x, y = _batch()
     half = slice(4 * rank, 4 * rank + 4)
-    state = _step(backbone, x[half], y[half], DistributedDataParallel)
-    torch.save(state, Path(out) / f"rank{rank}.pt")
+    torch.save({b: _step(b, x[half], y[half], DistributedDataParallel) for b in BACKBONES}, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("backbone", ["test_convnext", "test_resnet"])
-def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path, backbone):
+def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path):
     """Without BatchNorm (test_convnext: LayerNorm) the 2-rank step equals the 1-process step. With BatchNorm
     on the CPU (test_resnet; SyncBatchNorm exists on GPUs only) each rank normalises its own half, so the
     ranks agree with each other (DDP averages the gradients) but not exactly with the 1-process step."""
-    torch.multiprocessing.spawn(_rank_step, args=(_free_port(), backbone, str(tmp_path)), nprocs=2)
+    torch.multiprocessing.spawn(_rank_step, args=(_free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     x, y = _batch()
-    alone = _step(backbone, x, y)
-    params = [k for k in alone if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
-    for k in params:
-        torch.testing.assert_close(ranks[0][k], ranks[1][k], rtol=0, atol=1e-6)
-    assert any(not torch.equal(alone[k], _initial(backbone)[k]) for k in params)  # the step moved the weights
-    if backbone == "test_convnext":
+    for backbone in BACKBONES:
+        alone = _step(backbone, x, y)
+        params = [k for k in alone if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
         for k in params:
-            torch.testing.assert_close(ranks[0][k], alone[k], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(ranks[0][backbone][k], ranks[1][backbone][k], rtol=0, atol=1e-6)
+        assert any(not torch.equal(alone[k], _initial(backbone)[k]) for k in params)  # the step moved the weights
+        if backbone == "test_convnext":
+            for k in params:
+                torch.testing.assert_close(ranks[0][backbone][k], alone[k], rtol=1e-4, atol=1e-5)
 
 
 def _initial(backbone: str) -> dict:

@@ -177,20 +177,22 @@ def test_nan_loss_stops_the_fold_naming_epoch_and_step(demo_run, tmp_path):
         fit(job, net, [{"params": net.parameters(), "lr": 1e-3}], loader, loader, comp.y, NaNLoss(), 2, reseed)
 
 
-def _fold0_image_losses(data, out, epochs: int) -> list[float]:
+def _fold0_image_losses(data, out, epochs: int, *extra: str) -> list[float]:
     """Train resnet50 (test_resnet, 32 px) on fold 0 of `data` into `out`; the per-epoch training losses."""
     cfg = build_config([f"data_dir={data}", f"out_dir={out}", "fold=0", "models=resnet50", *FAST, "image.size=32",
-                        f"image.epochs={epochs}"])
+                        f"image.epochs={epochs}", *extra])
     comp = load_competition(cfg.data_dir)
     train(cfg, comp)
     meta, _ = load_fold(cfg, comp, "resnet50", 0, provenance(cfg, comp, "resnet50", 0))
     return [row["train_loss"] for row in meta["history"]]
 
 
-def test_image_training_repeats_exactly_with_the_same_seed(tmp_path):
-    """Augmentation draws from the seeded RNGs too (albumentations' own RNG is unseeded by default)."""
+@pytest.mark.parametrize("extra", [[], ["num_workers=2"], ["image.gpu_aug=true"]], ids=["cpu-aug", "2-workers", "gpu-aug"])
+def test_image_training_repeats_exactly_with_the_same_seed(tmp_path, extra):
+    """Augmentation is seeded from (epoch, row) (albumentations' own RNG is unseeded by default), the device
+    augmentation from (seed, fold, epoch, rank): the losses repeat, with worker processes too."""
     make_dataset(tmp_path / "data", n_train=60, n_test=10, size=(48, 40))
-    histories = [_fold0_image_losses(tmp_path / "data", tmp_path / run, epochs=2) for run in ("a", "b")]
+    histories = [_fold0_image_losses(tmp_path / "data", tmp_path / run, 2, *extra) for run in ("a", "b")]
     assert histories[0] == histories[1]
 
 
@@ -321,3 +323,22 @@ def test_caption_provenance_names_the_text_pipeline(leak_setup, monkeypatch):
     after = {m: provenance(cfg, comp, m, 0) for m in before}
     assert all(after[m]["text"]["stopwords"] != before[m]["text"]["stopwords"] for m in ("bilstm", "tfidf", "minilm", "joint"))
     assert after["resnet50"] == before["resnet50"] and "text" not in before["resnet50"]
+
+
+def test_gpu_augment_crops_and_flips_like_the_cpu_path():
+    """The whole square (scale 1, aspect 1) comes out pixel for pixel, mirrored on about half the rows; random
+    crops stay in range, and the same seed gives the same batch."""
+    from solution.models.image import GpuAugment
+
+    x = torch.randint(0, 256, (16, 8, 8, 3), dtype=torch.uint8)
+    whole = GpuAugment(8, vflip=False, scale=(1, 1), ratio=(1, 1))
+    whole.reseed(0)
+    out, ref = whole(x), x.permute(0, 3, 1, 2).float()
+    mirrored = [torch.allclose(o, r.flip(-1), atol=1e-3) for o, r in zip(out, ref)]
+    assert all(m or torch.allclose(o, r, atol=1e-3) for m, o, r in zip(mirrored, out, ref)) and 0 < sum(mirrored) < 16
+    crops = GpuAugment(6, vflip=True)
+    crops.reseed(1)
+    first = crops(x)
+    crops.reseed(1)
+    assert first.shape == (16, 3, 6, 6) and torch.equal(first, crops(x))
+    assert first.min() >= 0 and first.max() <= 255 and not torch.allclose(first[0], first[1])

@@ -140,20 +140,61 @@ class ImageRows(torch.utils.data.Dataset):
     augmentation of that row is seeded from the index alone (albumentations keeps an RNG of its own,
     unseeded unless told): the same with any number of workers or ranks, and after a resume."""
 
-    def __init__(self, paths, y, store: ImageStore, transform, tokens: np.ndarray | None = None):
+    def __init__(self, paths, y, store: ImageStore, transform, tokens: np.ndarray | None = None,
+                 square: int | None = None):
+        """transform: albumentations, CHW uint8 out; or transform=None and square=side (image.gpu_aug): a random
+        side x side HWC uint8 crop of the cached image (whose shorter side is that), augmented on the device."""
         self.paths, self.y, self.store, self.transform, self.tokens = list(paths), y, store, transform, tokens
+        self.square = square
 
     def __len__(self):
         return len(self.paths)
 
+    def _square(self, image: np.ndarray, seed: int) -> torch.Tensor:
+        side, (h, w) = self.square, image.shape[:2]
+        rng = np.random.default_rng(seed)
+        top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        return torch.from_numpy(np.ascontiguousarray(image[top:top + side, left:left + side]))
+
     def __getitem__(self, index):
         epoch_seed, i = divmod(index, len(self.paths))
-        if epoch_seed:  # evaluation rows come as plain indices: their transform draws nothing
-            self.transform.set_random_seed(index)
-        image = self.transform(image=self.store.get(self.paths[i]))["image"]
+        if self.square:
+            image = self._square(self.store.get(self.paths[i]), index)
+        else:
+            if epoch_seed:  # evaluation rows come as plain indices: their transform draws nothing
+                self.transform.set_random_seed(index)
+            image = self.transform(image=self.store.get(self.paths[i]))["image"]
         inputs = (image,) if self.tokens is None else (image, torch.from_numpy(self.tokens[i]))
         target = self.y[i] if self.y is not None else np.zeros(N_LABELS, np.uint8)
         return inputs, torch.from_numpy(np.asarray(target, dtype=np.float32))
+
+
+class GpuAugment:
+    """image.gpu_aug: RandomResizedCrop (scale 0.35-1, aspect 3/4-4/3, as the CPU path) and flips of a batch
+    of uint8 HWC squares, in one affine_grid + grid_sample on the batch's device; float CHW 0..255 out, which
+    the network normalises. Its RNG is reseeded every epoch from (seed, fold, epoch, rank)."""
+
+    def __init__(self, size: int, vflip: bool, scale=(0.35, 1.0), ratio=(3 / 4, 4 / 3)):
+        self.size, self.vflip, self.scale, self.log_ratio = size, vflip, scale, (np.log(ratio[0]), np.log(ratio[1]))
+        self.generator = torch.Generator()
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        n = len(batch)
+        draw = torch.rand(n, 6, generator=self.generator)  # on the CPU: the same numbers on every device
+        area = self.scale[0] + (self.scale[1] - self.scale[0]) * draw[:, 0]
+        aspect = torch.exp(self.log_ratio[0] + (self.log_ratio[1] - self.log_ratio[0]) * draw[:, 1])
+        width, height = (area * aspect).sqrt().clamp(max=1), (area / aspect).sqrt().clamp(max=1)  # of the square
+        cx, cy = (2 * draw[:, 2] - 1) * (1 - width), (2 * draw[:, 3] - 1) * (1 - height)
+        flip_x = torch.where(draw[:, 4] < 0.5, -1.0, 1.0)
+        flip_y = torch.where(draw[:, 5] < 0.5, -1.0, 1.0) if self.vflip else torch.ones(n)
+        theta = torch.zeros(n, 2, 3)
+        theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width * flip_x, cx, height * flip_y, cy
+        images = batch.permute(0, 3, 1, 2).float()  # HWC -> CHW as a view: channels_last in memory
+        grid = nn.functional.affine_grid(theta.to(batch.device), [n, 3, self.size, self.size], align_corners=False)
+        return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def image_store(cfg) -> ImageStore:
@@ -188,14 +229,17 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     device = resolve_device(cfg.device)
     bs = cfg.network_batch(cfg.image.batch_size)
     rows = lambda idx: None if tokens is None else tokens[idx]  # noqa: E731
-    train_loader, reseed = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
-                                                 job.store, transforms(cfg, True), rows(job.fit_idx)), bs, cfg,
-                                       shuffle=True, split=True)
+    gpu_aug = cfg.image.gpu_aug
+    train_rows = ImageRows(image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx], job.store,
+                           None if gpu_aug else transforms(cfg, True), rows(job.fit_idx),
+                           square=round(CACHE_SCALE * cfg.image.size) if gpu_aug else None)
+    train_loader, reseed = make_loader(train_rows, bs, cfg, shuffle=True, split=True)
     stop_loader, _ = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.stop_idx]), comp.y[job.stop_idx],
                                            job.store, transforms(cfg, False, float(net.crop_pct)), rows(job.stop_idx)),
                                  bs * 2, cfg, shuffle=False, split=True)
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
-                 make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img")
+                 make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img",
+                 augment=GpuAugment(cfg.image.size, cfg.image.vflip) if gpu_aug else None)
     val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))
     test_probs, test_feats = eval_probs(job, net, comp.test, device, test_tokens)
     feats = None
