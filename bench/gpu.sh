@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Issue 11's GPU figures, appended to BENCHMARKS.md, on a CUDA machine: `bash bench/gpu.sh`. Expected 4 to 6 min
-# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 8.5 min, plus
-# 100 s for the DDP row where there are two GPUs.
+# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 12 min at most.
 #   1. ResNet50 @ 224, bf16, channels_last: train and inference img/s with and without the cache, the loader
 #      ceiling (1 worker and num_workers=auto) and the GPU alone (./run.sh bench device=cuda);
-#   2. the same with image.compile=true;
+#   2. the same with image.compile=true, and with image.gpu_aug=true (crop and flip on the GPU);
 #   3. end to end: ResNet50 (random init) trained on fold 0 of 2,000 synthetic 400x300 JPEGs for 2 epochs,
 #      the last epoch's training img/s as the log reports it, on 1 GPU and, with 2 or more GPUs, gpus=2 (DDP);
 #   4. MiniLM on fold 0 of the real captions, frozen and fine-tuned (text.finetune=true), and their fold-0
@@ -48,6 +47,8 @@ step() {  # step SECONDS WHAT COMMAND...: one measurement under a time limit; a 
 
 step 100 "ResNet50 @ 224 bench (cache, no cache, loader ceiling, GPU alone)" "$PYTHON" -m solution bench device=cuda
 step 200 "the same with image.compile=true" "$PYTHON" -m solution bench device=cuda image.compile=true
+step 100 "the same with the augmentation on the GPU (image.gpu_aug=true)" "$PYTHON" -m solution bench device=cuda \
+  image.gpu_aug=true
 gpus="$(nvidia-smi -L | wc -l)"
 step 240 "end-to-end training rate, 1 GPU$([ "$gpus" -ge 2 ] && echo ' and 2 GPUs (DDP)')" "$PYTHON" - "$work" "$gpu" "$gpus" <<'PY'
 """Train resnet50 on fold 0 of a synthetic set (1 GPU, then gpus=2 when there are two) and put the last epoch's

@@ -26,7 +26,7 @@ from .config import Config
 from .demo import _image, _labels
 from .images import ImageStore
 from .labels import N_LABELS
-from .models.image import ImageNet, ImageRows, transforms
+from .models.image import ImageNet, ImageRows, device_augment, training_rows, transforms
 from .trainer import _to, autocast_dtype, compile_backbone, make_loader, make_optimizer, train_step, training_device
 
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -65,6 +65,8 @@ def _draw_one(args) -> None:
 
 
 def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
+    augment = device_augment(cfg) if isinstance(getattr(loader, "dataset", None), ImageRows) else None  # not GPU-only
+    warmup = min(warmup, len(loader) - 1)  # a tiny bench.images still times at least one batch
     loss_fn = nn.BCEWithLogitsLoss().to(device)
     optimizer = make_optimizer(cfg, [{"params": net.parameters(), "lr": 1e-4}], device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
@@ -74,7 +76,7 @@ def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
         if step == warmup:
             _sync(device)
             start, seen = time.time(), 0
-        train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device)
+        train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device, augment=augment)
         seen += len(target)
     _sync(device)
     return seen / (time.time() - start)
@@ -82,6 +84,7 @@ def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
 
 @torch.no_grad()
 def _timed_infer(net, loader, device, warmup: int = 2) -> float:
+    warmup = min(warmup, len(loader) - 1)
     net.eval()
     dtype = autocast_dtype(device)
     seen, start = 0, None
@@ -132,7 +135,7 @@ def _network(cfg, device) -> ImageNet:
 def _end_to_end(cfg, paths, y, store: ImageStore, device, bs: int) -> tuple[float, float]:
     """Train and inference images/s of a fresh network fed by the real loaders (whose workers end with them)."""
     net = _network(cfg, device)
-    train_loader, _ = make_loader(ImageRows(paths, y, store, transforms(cfg, True)), bs, cfg, shuffle=True)
+    train_loader, _ = make_loader(training_rows(cfg, paths, y, store), bs, cfg, shuffle=True)
     eval_loader, _ = make_loader(ImageRows(paths, None, store, transforms(cfg, False)), bs * 2, cfg, shuffle=False)
     return _timed_train(cfg, net, train_loader, device), _timed_infer(net, eval_loader, device)
 
@@ -156,7 +159,7 @@ def bench(cfg: Config, overrides: list[str]) -> None:
             rows.append((mode, train_ips, infer_ips, prep))
             log.info(f"bench {mode}: train {train_ips:.1f} img/s, inference {infer_ips:.1f} img/s "
                      f"(pre-flight {'+ cache build ' if cache_dir else ''}{prep:.1f}s)")
-        train_rows = ImageRows(paths, y, store, transforms(cfg, True))  # store: the cache of the last mode
+        train_rows = training_rows(cfg, paths, y, store)  # store: the cache of the last mode
         for workers in sorted({1, cfg.worker_count()}):
             rate = loader_rate(cfg, train_rows, workers, device)
             auto = " = auto" if cfg.num_workers == "auto" and workers == cfg.worker_count() else ""

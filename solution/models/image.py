@@ -197,6 +197,18 @@ class GpuAugment:
         return nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def training_rows(cfg, paths, y, store: ImageStore, tokens: np.ndarray | None = None) -> ImageRows:
+    """The training rows: augmented by albumentations in the loader, or (image.gpu_aug) cut into squares
+    for device_augment."""
+    if cfg.image.gpu_aug:
+        return ImageRows(paths, y, store, None, tokens, square=round(CACHE_SCALE * cfg.image.size))
+    return ImageRows(paths, y, store, transforms(cfg, True), tokens)
+
+
+def device_augment(cfg) -> GpuAugment | None:
+    return GpuAugment(cfg.image.size, cfg.image.vflip) if cfg.image.gpu_aug else None
+
+
 def image_store(cfg) -> ImageStore:
     """The process-wide image store; the train stage fills it during the pre-flight scan."""
     return ImageStore(cfg.out / "cache" if cfg.image.cache else None, cfg.image.size)
@@ -229,17 +241,14 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     device = resolve_device(cfg.device)
     bs = cfg.network_batch(cfg.image.batch_size)
     rows = lambda idx: None if tokens is None else tokens[idx]  # noqa: E731
-    gpu_aug = cfg.image.gpu_aug
-    train_rows = ImageRows(image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx], job.store,
-                           None if gpu_aug else transforms(cfg, True), rows(job.fit_idx),
-                           square=round(CACHE_SCALE * cfg.image.size) if gpu_aug else None)
-    train_loader, reseed = make_loader(train_rows, bs, cfg, shuffle=True, split=True)
+    train_loader, reseed = make_loader(training_rows(cfg, image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
+                                                     job.store, rows(job.fit_idx)), bs, cfg, shuffle=True, split=True)
     stop_loader, _ = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.stop_idx]), comp.y[job.stop_idx],
                                            job.store, transforms(cfg, False, float(net.crop_pct)), rows(job.stop_idx)),
                                  bs * 2, cfg, shuffle=False, split=True)
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img",
-                 augment=GpuAugment(cfg.image.size, cfg.image.vflip) if gpu_aug else None)
+                 augment=device_augment(cfg))
     val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))
     test_probs, test_feats = eval_probs(job, net, comp.test, device, test_tokens)
     feats = None
