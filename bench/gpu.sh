@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Issue 11's GPU figures, appended to BENCHMARKS.md, on a CUDA machine: `bash bench/gpu.sh`. Expected 4 to 6 min
-# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 12 min at most.
+# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 8 min 30 s.
 #   1. ResNet50 @ 224, bf16, channels_last: train and inference img/s with and without the cache, the loader
 #      ceiling (1 worker and num_workers=auto) and the GPU alone (./run.sh bench device=cuda);
 #   2. the same with image.compile=true, and with image.gpu_aug=true (crop and flip on the GPU);
-#   3. end to end: ResNet50 (random init) trained on fold 0 of 2,000 synthetic 400x300 JPEGs for 2 epochs,
+#   3. end to end: ResNet50 (random init) trained on fold 0 of 1,200 synthetic 400x300 JPEGs for 2 epochs,
 #      the last epoch's training img/s as the log reports it, on 1 GPU and, with 2 or more GPUs, gpus=2 (DDP);
 #   4. MiniLM on fold 0 of the real captions, frozen and fine-tuned (text.finetune=true), and their fold-0
 #      samples-F1 at 0.5 as one row of a table in BENCHMARKS.md (skipped when DATA_DIR has no train.csv).
@@ -45,12 +45,12 @@ step() {  # step SECONDS WHAT COMMAND...: one measurement under a time limit; a 
   step_seconds=$((SECONDS - start))
 }
 
-step 100 "ResNet50 @ 224 bench (cache, no cache, loader ceiling, GPU alone)" "$PYTHON" -m solution bench device=cuda
-step 200 "the same with image.compile=true" "$PYTHON" -m solution bench device=cuda image.compile=true
-step 100 "the same with the augmentation on the GPU (image.gpu_aug=true)" "$PYTHON" -m solution bench device=cuda \
-  image.gpu_aug=true
+step 90 "ResNet50 @ 224 bench (cache, no cache, loader ceiling, GPU alone)" "$PYTHON" -m solution bench device=cuda
+step 100 "the same with image.compile=true" "$PYTHON" -m solution bench device=cuda image.compile=true bench.images=1024
+step 60 "the same with the augmentation on the GPU (image.gpu_aug=true)" "$PYTHON" -m solution bench device=cuda \
+  image.gpu_aug=true bench.images=1024
 gpus="$(nvidia-smi -L | wc -l)"
-step 240 "end-to-end training rate, 1 GPU$([ "$gpus" -ge 2 ] && echo ' and 2 GPUs (DDP)')" "$PYTHON" - "$work" "$gpu" "$gpus" <<'PY'
+step 90 "end-to-end training rate, 1 GPU$([ "$gpus" -ge 2 ] && echo ' and 2 GPUs (DDP)')" "$PYTHON" - "$work" "$gpu" "$gpus" <<'PY'
 """Train resnet50 on fold 0 of a synthetic set (1 GPU, then gpus=2 when there are two) and put the last epoch's
 logged training img/s, data loading included, as rows of the end-to-end table in BENCHMARKS.md."""
 import re
@@ -62,7 +62,7 @@ from pathlib import Path
 from solution.demo import make_dataset
 
 work, gpu, gpus = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-data = make_dataset(work / "e2e-data", n_train=2000, n_test=16, size=(400, 300))
+data = make_dataset(work / "e2e-data", n_train=1200, n_test=16, size=(400, 300))
 rows = []
 for n in [1, 2] if gpus >= 2 else [1]:
     args = [sys.executable, "-m", "solution", "train", f"data_dir={data}", f"out_dir={work / f'e2e-{n}'}", "models=resnet50",
@@ -80,11 +80,11 @@ PY
 
 if [ -f "$data/train.csv" ]; then
   for finetune in false true; do
-    step 90 "MiniLM fold 0, text.finetune=$finetune" "$PYTHON" -m solution train data_dir="$data" \
+    step 75 "MiniLM fold 0, text.finetune=$finetune" "$PYTHON" -m solution train data_dir="$data" \
       out_dir="$work/minilm-$finetune" models=minilm fold=0 text.finetune="$finetune" device=cuda
     echo "$step_seconds" > "$work/minilm-$finetune.seconds"
   done
-  step 30 "MiniLM fold-0 table" "$PYTHON" - "$work" "$gpu" <<'PY'
+  step 20 "MiniLM fold-0 table" "$PYTHON" - "$work" "$gpu" <<'PY'
 """One row of the MiniLM table: fold-0 samples-F1 at 0.5 (and seconds) of the frozen and fine-tuned runs."""
 import json
 import sys
