@@ -7,6 +7,7 @@ every function here is what a single process would do, so the rest of the code c
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,12 +19,27 @@ import torch.distributed as dist
 from .errors import UserError
 
 
+_alone = False  # inside alone(): rank 0 works by itself and must not wait for the others
+
+
 def active() -> bool:
-    return dist.is_available() and dist.is_initialized()
+    return dist.is_available() and dist.is_initialized() and not _alone
+
+
+@contextlib.contextmanager
+def alone():
+    """Rank 0's work that the other ranks skip (caption models, fusion): every function here acts as in a
+    single process meanwhile, so no collective call waits for ranks that are not there."""
+    global _alone
+    _alone = True
+    try:
+        yield
+    finally:
+        _alone = False
 
 
 def rank() -> int:
-    return dist.get_rank() if active() else 0
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
 def world() -> int:

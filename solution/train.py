@@ -5,6 +5,7 @@ from its last finished epoch.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 
@@ -69,7 +70,8 @@ def train(cfg: Config, comp: Competition) -> None:
                 distributed.barrier()  # rank 0 has cleared what force=true retrains
             seed_everything(cfg.seed * 100 + k)
             start = time.time()
-            out = spec.run(job)
+            with contextlib.nullcontext() if together else distributed.alone():
+                out = spec.run(job)
             if main:
                 save_fold(cfg, comp, model, k, job.val_idx, out, prov, job.train_idx)
             log.info(f"{job.label}: fold {k} samples-F1 at 0.5 = {samples_f1(comp.y[job.val_idx], out.val_probs):.4f} "

@@ -1,6 +1,6 @@
 """DDP on the CPU (gloo, 2 processes, tiny backbones): one step equals the one-process step on the global
-batch; a 2-process `train gpus=2`, killed after its first epoch and run again, resumes and writes the
-artefacts a 1-process run writes.
+batch; a 2-process `train gpus=2` (an image network on both ranks, a caption network on rank 0 alone),
+killed after its first epoch and run again, resumes and writes the artefacts a 1-process run writes.
 
 The CLI runs start right after collection (conftest calls start_background) and overlap the other tests.
 """
@@ -22,7 +22,7 @@ import torch
 from solution.artefacts import load_arrays, read_json
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["models=resnet50", "n_folds=2", "num_workers=0", "device=cpu", "image.model=test_resnet", "image.size=32",
+TINY = ["models=resnet50,bilstm", "n_folds=2", "num_workers=0", "device=cpu", "image.model=test_resnet", "image.size=32",
         "image.pretrained=false", "image.batch_size=8", "image.lr=3e-3"]
 
 
@@ -82,12 +82,12 @@ def runs(background, tmp_path_factory, start_cli):
 def _artefacts(out: Path) -> dict[str, dict]:
     """Each OOF file's rows and provenance, and each fold record's provenance and weight-file names."""
     found = {}
-    for path in sorted((out / "oof" / "resnet50").glob("fold*.npz")):
+    for path in sorted((out / "oof").glob("*/fold*.npz")):
         meta, arrays = load_arrays(path)
-        found[path.name] = {"ids": {k: v.tolist() for k, v in arrays.items() if k.endswith("_ids")},
+        found[str(path.relative_to(out))] = {"ids": {k: v.tolist() for k, v in arrays.items() if k.endswith("_ids")},
                             "shapes": {k: v.shape for k, v in arrays.items()},
                             "provenance": {k: meta[k] for k in ("data", "folds", "config")}}
-    for path in sorted((out / "checkpoints" / "resnet50").glob("fold*/fold.json")):
+    for path in sorted((out / "checkpoints").glob("*/fold*/fold.json")):
         record = read_json(path)
         found[str(path.relative_to(out))] = {"provenance": record["provenance"], "files": sorted(record["files"])}
     return found
@@ -103,7 +103,8 @@ def test_a_killed_two_process_train_resumes_and_writes_what_a_one_process_train_
     assert "resnet50 fold 0: resuming after epoch" in two["stderr"] and "fold 0 epoch 1/3:" not in two["stderr"]
     assert two["stderr"].count("resnet50 fold 0 epoch 3/3:") == 1  # rank 0 alone logs
     one, two_out = (Path(runs["root"]) / name for name in ("one", "two"))
-    assert _artefacts(two_out) == _artefacts(one) and len(_artefacts(one)) == 3  # features, OOF, record
+    # resnet50 on both ranks, bilstm on rank 0 alone (a collective call there would hang the run)
+    assert _artefacts(two_out) == _artefacts(one) and len(_artefacts(one)) == 6  # features, OOF, record each
     probs = load_arrays(two_out / "oof" / "resnet50" / "fold0.npz")[1]
     assert np.isfinite(probs["val_probs"]).all() and np.isfinite(probs["test_probs"]).all()
 
