@@ -43,6 +43,22 @@ def demo_csv(demo_csv_master, tmp_path) -> Path:
 
 
 @pytest.fixture
+def noise_images(tmp_path):
+    """noise_images(n, suffix) -> paths of n random 48x40 RGB images in tmp_path."""
+    import numpy as np
+    from PIL import Image
+
+    def make(n: int, suffix: str = ".jpg") -> list[Path]:
+        rng = np.random.default_rng(0)
+        paths = [tmp_path / f"{i}{suffix}" for i in range(n)]
+        for path in paths:
+            Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(path)
+        return paths
+
+    return make
+
+
+@pytest.fixture
 def write_comp(tmp_path):
     """write_comp(train_text, test_text) -> a data_dir holding exactly those bytes (str is UTF-8 encoded)."""
 

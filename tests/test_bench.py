@@ -1,7 +1,6 @@
 """bench: the loader ceiling measures, and its rows land between the markers of BENCHMARKS.md."""
 import numpy as np
 import torch
-from PIL import Image
 
 from solution import bench
 from solution.config import build_config
@@ -9,12 +8,8 @@ from solution.images import ImageStore
 from solution.models.image import ImageRows, transforms
 
 
-def test_loader_rate_is_positive_on_a_few_tiny_images(tmp_path):
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(12):
-        paths.append(tmp_path / f"{i}.jpg")
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
+def test_loader_rate_is_positive_on_a_few_tiny_images(tmp_path, noise_images):
+    paths = noise_images(12)
     cfg = build_config(["image.size=32", "image.batch_size=4", "device=cpu"])
     store = ImageStore(tmp_path / "cache", cfg.image.size)
     store.prepare(paths, 1, skip_bad=False)

@@ -115,18 +115,12 @@ def test_loader_workers_hold_opencv_to_one_thread():
     assert next(iter(loader)).tolist() == [1, 1]
 
 
-def test_image_batches_from_workers_repeat_with_the_same_seed(tmp_path):
+def test_image_batches_from_workers_repeat_with_the_same_seed(noise_images):
     """The worker hook touches no random state: two loaders with the same seed give the same augmented batches."""
-    from PIL import Image
-
     from solution.images import ImageStore
     from solution.models.image import ImageRows, transforms
 
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(8):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(paths[-1])
+    paths = noise_images(8, ".png")
     cfg = build_config(["num_workers=2", "image.size=32"])
     store = ImageStore(None, cfg.image.size)
 
