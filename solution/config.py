@@ -122,7 +122,7 @@ class Config:
     models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"], "comma list of registered models")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
     gpus: int = _opt(0, "processes that train each image network together (DDP through torchrun, one per GPU; "
-                        "with device=cpu, gloo processes); 0 or 1 = one process. Caption models and tune stay single")
+                        "with device=cpu, gloo processes); 0 or 1 = one process; caption models and tune always use one")
     epochs: typing.Optional[int] = _opt(None, "override every network's max epochs (default: image/text/fusion.epochs)")
     batch_size: typing.Optional[int] = _opt(None, "override every network's batch size")
     num_workers: typing.Union[int, typing.Literal["auto"]] = _opt(
