@@ -95,7 +95,8 @@ def gather_rows(*parts: np.ndarray) -> list[np.ndarray]:
         return list(parts)
     gathered: list = [None] * world()
     dist.all_gather_object(gathered, parts)
-    return [np.concatenate([g[i] for g in gathered]) for i in range(len(parts))]
+    return [np.concatenate([g[i] for g in gathered if len(g[i])] or [parts[i]])  # a rank may have had no rows
+            for i in range(len(parts))]
 
 
 def average_buffers(net: torch.nn.Module) -> None:

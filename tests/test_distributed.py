@@ -157,6 +157,15 @@ def _rank_step(rank: int, port: int, out: str) -> None:
     x, y = _batch()
     half = slice(4 * rank, 4 * rank + 4)
     torch.save({b: _step(b, x[half], y[half], DistributedDataParallel) for b in BACKBONES}, Path(out) / f"rank{rank}.pt")
+    from solution import distributed
+
+    gathered = {}
+    for n in (1, 3, 7):  # one rank without rows, uneven shares, more
+        rows = np.arange(n)[distributed.shard(n).start:distributed.shard(n).stop]
+        feats = np.repeat(rows[:, None], 4, axis=1).astype(np.float32) if len(rows) else np.zeros(0)  # as predict()
+        ids, feats = distributed.gather_rows(rows, feats)
+        gathered[n] = (ids.tolist(), feats.shape)
+    torch.save(gathered, Path(out) / f"gathered{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -166,6 +175,8 @@ def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path):
     ranks agree with each other (DDP averages the gradients) but not exactly with the 1-process step."""
     torch.multiprocessing.spawn(_rank_step, args=(_free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
+    for r in (0, 1):  # evaluation shards come back whole and in row order on every rank
+        assert torch.load(tmp_path / f"gathered{r}.pt") == {n: (list(range(n)), (n, 4)) for n in (1, 3, 7)}
     x, y = _batch()
     for backbone in BACKBONES:
         alone = _step(backbone, x, y)
