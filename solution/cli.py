@@ -5,7 +5,7 @@ import json
 import sys
 import time
 
-from . import distributed, log
+from . import log
 from .config import build_config, help_text, save_config
 from .errors import UserError
 
@@ -54,6 +54,8 @@ def run(command: str, overrides: list[str]) -> None:
 
     # Bad data fails here, before anything is logged, so the user sees the one error line alone.
     comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo") else None
+    from . import distributed  # here, not above: it imports torch, and a bad key= fails without it
+
     if cfg.gpus > 1 and not distributed.launched():
         if command not in ("train", "all"):
             raise UserError(f"gpus={cfg.gpus} applies to train and all (the image networks); drop it for {command}")

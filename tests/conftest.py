@@ -82,18 +82,25 @@ class BackgroundCli:
 
     def __init__(self, *args):
         self.args = list(map(str, args))
+        # files, not pipes: a long log would fill a pipe nobody reads yet and stall the run
+        self.out, self.err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
         self.proc = subprocess.Popen([sys.executable, "-m", "solution", *self.args], cwd=REPO, text=True,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=self.out, stderr=self.err)
         self._result = None
 
     def result(self, timeout: float = 300) -> subprocess.CompletedProcess:
         if self._result is None:
             try:
-                out, err = self.proc.communicate(timeout=timeout)
+                self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                out, err = self.proc.communicate()
-            self._result = subprocess.CompletedProcess(self.args, self.proc.returncode, out, err)
+                self.proc.wait()
+            texts = []
+            for fh in (self.out, self.err):
+                fh.seek(0)
+                texts.append(fh.read())
+                fh.close()
+            self._result = subprocess.CompletedProcess(self.args, self.proc.returncode, *texts)
         return self._result
 
 

@@ -1,6 +1,8 @@
 """Each registered model trains briefly on tiny demo data and beats the label-frequency baseline."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,16 +22,25 @@ FAST = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=64"
 MARGIN = {"resnet50": 0.03, "bilstm": 0.05, "tfidf": 0.05, "fusion": 0.05, "minilm": 0.05, "joint": 0.05}
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One tiny training run of every model (3 folds), shared by the tests below."""
-    root = tmp_path_factory.mktemp("models")
+def _demo_args(root: Path) -> list[str]:
+    return [f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "fold=0..2", "models=resnet50,bilstm,tfidf,fusion,joint",
+            *FAST]
+
+
+def start_background(root: Path, start) -> dict:
+    """One tiny training run of every model (3 folds), started right after collection (conftest), so its
+    two minutes overlap the other tests; the tests below read its artefacts."""
     make_dataset(root / "data", n_train=300, n_test=40, size=(96, 72), p_drawn=1.0, p_named=0.7)
-    cfg = build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "fold=0..2",
-                        "models=resnet50,bilstm,tfidf,fusion,joint", *FAST])
-    comp = load_competition(cfg.data_dir)
-    train(cfg, comp)
-    return cfg, comp
+    return {"root": root, "run": start("train", *_demo_args(root))}
+
+
+@pytest.fixture(scope="module")
+def demo_run(background, tmp_path_factory, start_cli):
+    started = background.get(__name__) or start_background(tmp_path_factory.mktemp("models"), start_cli)
+    proc = started["run"].result(timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = build_config(_demo_args(started["root"]))
+    return cfg, load_competition(cfg.data_dir)
 
 
 def frequency_baseline(comp) -> float:

@@ -41,14 +41,20 @@ def cli(*args, check=True, **kwargs) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    """`all` with every model on a tiny demo dataset."""
-    root = tmp_path_factory.mktemp("e2e")
+def start_background(root: Path, start) -> dict:
+    """`all` with every model on a tiny demo dataset, started right after collection (conftest) so it overlaps
+    the other tests."""
     make_dataset(root / "data", n_train=90, n_test=25, size=(64, 48))
-    proc = cli("all", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}",
-               "models=resnet50,bilstm,tfidf,fusion,joint", *TINY)
-    return root, proc
+    return {"root": root, "all": start("all", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}",
+                                       "models=resnet50,bilstm,tfidf,fusion,joint", *TINY)}
+
+
+@pytest.fixture(scope="module")
+def finished(background, tmp_path_factory, start_cli):
+    started = background.get(__name__) or start_background(tmp_path_factory.mktemp("e2e"), start_cli)
+    proc = started["all"].result(timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return started["root"], proc
 
 
 def test_all_writes_a_valid_submission(finished):
