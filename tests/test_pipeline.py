@@ -203,7 +203,7 @@ def test_changed_settings_make_old_oof_stale(finished, tmp_path):
 def test_kill_during_training_then_resume(tmp_path):
     make_dataset(tmp_path / "data", n_train=400, n_test=20, images=False)
     args = ["train", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=bilstm", "n_folds=2",
-            "fold=0", "num_workers=0", "text.epochs=40", "patience=100", "text.batch_size=8"]
+            "fold=0", "num_workers=0", "text.epochs=15", "patience=100", "text.batch_size=8"]
     last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0" / "last.pt"
     proc = subprocess.Popen([sys.executable, "-m", "solution", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
@@ -219,7 +219,7 @@ def test_kill_during_training_then_resume(tmp_path):
     assert "resuming after epoch" in resumed.stderr
     first_epoch = int(resumed.stderr.split("resuming after epoch ")[1].split()[0])
     assert first_epoch >= 1
-    assert f"epoch {first_epoch + 1}/40" in resumed.stderr and "epoch 1/40:" not in resumed.stderr
+    assert f"epoch {first_epoch + 1}/15" in resumed.stderr and "epoch 1/15:" not in resumed.stderr
     assert (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
     assert not list((tmp_path / "out").rglob("*.tmp"))
 
