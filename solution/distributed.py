@@ -50,11 +50,6 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def local_world() -> int:
-    """Processes of this run on this machine (they share its cores between their loader workers)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-
-
 def launched() -> bool:
     """True inside a process that torchrun started as one of several."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1

@@ -271,10 +271,11 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         if state["bad_epochs"] >= cfg.patience:
             break
         epoch_seed = cfg.seed * 1000 + job.k * 100 + epoch
-        seed_everything(epoch_seed * 64 + distributed.rank())  # dropout, and augmentation without workers
-        reseed(epoch_seed)  # the loader: shuffle order (one for all ranks) and worker seeds
+        rank_seed = epoch_seed * 64 + distributed.rank()
+        seed_everything(rank_seed)  # dropout
+        reseed(epoch_seed)  # the loader: shuffle order (one for all ranks) and each row's augmentation
         if augment is not None:
-            augment.reseed(epoch_seed * 64 + distributed.rank())
+            augment.reseed(rank_seed)
         net.train()
         start, tally = time.time(), LossTally(job.label, epoch)
         with tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True,

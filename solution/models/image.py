@@ -218,13 +218,17 @@ def image_paths(job: FoldJob, frame):
     return [job.comp.image_dir / image_id for image_id in frame["ImageID"]]
 
 
+def eval_loader(job: FoldJob, net: nn.Module, frame, y=None, tokens: np.ndarray | None = None):
+    """`frame`'s rows under the backbone's eval crop, shared out over the ranks of a DDP run."""
+    cfg = job.cfg
+    rows = ImageRows(image_paths(job, frame), y, job.store, transforms(cfg, False, float(net.crop_pct)), tokens)
+    return make_loader(rows, cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False, split=True)[0]
+
+
 def eval_probs(job: FoldJob, net: nn.Module, frame, device, tokens: np.ndarray | None = None):
     """Probabilities and pooled features of `frame`'s rows (tokens: their caption ids, for two-input nets)."""
-    cfg = job.cfg
-    eval_transform = transforms(cfg, False, float(net.crop_pct))
-    loader, _ = make_loader(ImageRows(image_paths(job, frame), None, job.store, eval_transform, tokens),
-                            cfg.network_batch(cfg.image.batch_size) * 2, cfg, shuffle=False, split=True)
-    return predict(net, loader, device, tta_flip=cfg.image.tta, desc=f"{job.label} predict")
+    return predict(net, eval_loader(job, net, frame, None, tokens), device, tta_flip=job.cfg.image.tta,
+                   desc=f"{job.label} predict")
 
 
 def backbone_lr(cfg) -> float:
@@ -243,9 +247,7 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     rows = lambda idx: None if tokens is None else tokens[idx]  # noqa: E731
     train_loader, reseed = make_loader(training_rows(cfg, image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
                                                      job.store, rows(job.fit_idx)), bs, cfg, shuffle=True, split=True)
-    stop_loader, _ = make_loader(ImageRows(image_paths(job, comp.train.iloc[job.stop_idx]), comp.y[job.stop_idx],
-                                           job.store, transforms(cfg, False, float(net.crop_pct)), rows(job.stop_idx)),
-                                 bs * 2, cfg, shuffle=False, split=True)
+    stop_loader = eval_loader(job, net, comp.train.iloc[job.stop_idx], comp.y[job.stop_idx], rows(job.stop_idx))
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img",
                  augment=device_augment(cfg))
