@@ -76,10 +76,6 @@ class TextConfig:
     finetune_epochs: int = _opt(5, "max epochs when text.finetune=true")
 
 
-# The models whose folds save pooled features (FoldOutput.features), so `fusion` can stack on them.
-FEATURE_MODELS = ("resnet50", "bilstm")
-
-
 @dataclass
 class FusionConfig:
     hidden: int = _opt(2000, "hidden units of the fusion MLP (the seed used about 2000)")
@@ -87,9 +83,15 @@ class FusionConfig:
     epochs: int = _opt(40, "max epochs for the fusion head")
     batch_size: int = _opt(256, "rows per batch")
     lr: float = _opt(1e-3, "learning rate")
-    image_model: str = _opt("resnet50", "model whose features feed the fusion head (one that saves features)",
-                            FEATURE_MODELS)
-    text_model: str = _opt("bilstm", "model whose features feed the fusion head (one that saves features)", FEATURE_MODELS)
+    image_model: str = _opt("resnet50", "model whose fold features feed the fusion head (a model of kind image or "
+                                        "bilstm: built-in or a variant)")
+    text_model: str = _opt("bilstm", "the second model whose fold features feed the fusion head (kind image or bilstm)")
+
+
+@dataclass
+class JointConfig:
+    image_model: str = _opt("resnet50", "the image-kind model whose image.* settings the joint model's backbone takes")
+    text_model: str = _opt("bilstm", "the bilstm-kind model whose text.* settings the joint model's caption branch takes")
 
 
 # How blended probabilities become label sets (tune.decision); tune and report loop over both.
@@ -119,7 +121,11 @@ class Config:
     fold: list = _opt_factory(lambda: [0, 1, 2, 3, 4], "folds to train: 3, 0,2,4 or 0..4 (default: every fold of n_folds)")
     n_folds: int = _opt(5, "number of stratified folds")
     seed: int = _opt(42, "seed for folds, weights, shuffling and Optuna")
-    models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"], "comma list of registered models")
+    models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"],
+                                "comma list of models: built-in (resnet50, bilstm, tfidf, minilm, fusion, joint) or "
+                                "declared variants")
+    variants: str = _opt("", "TOML file of named model variants, one table each: [name] kind = \"image\" and that "
+                             "kind's settings (README: Ensembling several backbones)")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
     gpus: int = _opt(0, "processes that train each image network together (DDP through torchrun, one per GPU; "
                         "with device=cpu, gloo processes); 0 or 1 = one process; caption models and tune always use one")
@@ -144,8 +150,11 @@ class Config:
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    joint: JointConfig = field(default_factory=JointConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    # name -> {"kind": ..., "image.size": 288, ...}: the declared variants, typed (variants.declare fills it)
+    variant: dict = field(default_factory=dict, metadata={"help": "", "choices": None, "declarations": True})
 
     # ---- derived paths -------------------------------------------------------------------------
     @property
@@ -196,6 +205,8 @@ def iter_keys(obj=None, prefix: str = ""):
     obj = obj if obj is not None else Config()
     hints = typing.get_type_hints(type(obj))
     for name, f in _fields(obj).items():
+        if f.metadata.get("declarations"):
+            continue  # variant.NAME.KEY=VALUE: keys of their own (variants.declare)
         value = getattr(obj, name)
         if dataclasses.is_dataclass(value):
             yield from iter_keys(value, f"{prefix}{name}.")
@@ -262,40 +273,57 @@ def _allowed(key: str, hint, choices) -> str:
     return " or ".join((kind, *_words(hint)))
 
 
-def build_config(overrides: list[str], base: Config | None = None) -> Config:
-    """Apply `key=value` overrides to the defaults; any unknown key or bad value is a UserError."""
-    cfg = base or Config()
-    known = {k: (f, hint) for k, f, hint, _ in iter_keys(cfg)}
+def _known_keys(cfg=None) -> dict:
+    return {k: (f, hint) for k, f, hint, _ in iter_keys(cfg)}
+
+
+def convert_setting(key: str, raw: str, prefix: str = ""):
+    """The typed value of `key=raw`, or a one-line UserError (prefix says where the setting came from)."""
+    known = _known_keys()
+    if key not in known:
+        close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"{prefix}unknown key '{key}'{hint}; ./run.sh --help lists every key")
+    f, hint = known[key]
+    try:
+        return _convert(key, raw, hint, f.metadata.get("choices"))
+    except ValueError:
+        raise UserError(f"{prefix}bad value for {key}: '{raw}'; allowed: {_allowed(key, hint, f.metadata.get('choices'))}") from None
+
+
+def build_config(overrides: list[str]) -> Config:
+    """Apply `key=value` overrides to the defaults, then read the declared variants (variants=FILE and
+    variant.NAME.KEY=VALUE); any unknown key or bad value is a UserError."""
+    from .variants import declare
+
+    cfg = Config()
     fold_given = False
+    declared: dict[str, dict[str, str]] = {}
     for item in overrides:
         if "=" not in item:
             raise UserError(f"'{item}' is not key=value; see ./run.sh --help for the keys")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key not in known:
-            close = [k for k in known if k.split(".")[-1] == key.split(".")[-1]]
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            raise UserError(f"unknown key '{key}'{hint}; ./run.sh --help lists every key")
-        f, hint = known[key]
+        if key.startswith("variant."):
+            name, _, setting = key[len("variant."):].partition(".")
+            if not name or not setting:
+                raise UserError(f"'{item}': a variant is declared as variant.NAME.kind=KIND and variant.NAME.KEY=VALUE")
+            declared.setdefault(name, {})[setting] = raw
+            continue
+        value = convert_setting(key, raw)
         fold_given = fold_given or key == "fold"
-        try:
-            value = _convert(key, raw, hint, f.metadata.get("choices"))
-        except ValueError:
-            raise UserError(f"bad value for {key}: '{raw}'; allowed: {_allowed(key, hint, f.metadata.get('choices'))}") from None
         target = cfg
         *path, leaf = key.split(".")
         for p in path:
             target = getattr(target, p)
         setattr(target, leaf, value)
-    if not fold_given and base is None:
+    if not fold_given:
         cfg.fold = list(range(cfg.n_folds))  # the default is every fold, whatever n_folds is
+    check_ranges(cfg)
+    declare(cfg, declared)
     validate(cfg)
     return cfg
 
-
-# The names models.REGISTRY registers, so a config can be checked without importing torch (a test keeps
-# the two in step); a name missing here is still looked up in the real registry before it is refused.
-MODEL_NAMES = ("resnet50", "bilstm", "tfidf", "minilm", "fusion", "joint")
 
 # Smallest allowed value of each numeric setting that has one (None-able keys are checked when set).
 _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "patience": 1, "epochs": 1, "batch_size": 1,
@@ -306,32 +334,37 @@ _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "p
 _FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 1)
 
 
-def validate(cfg: Config) -> None:
+def check_ranges(cfg: Config, prefix: str = "") -> None:
+    """Every numeric setting within its range (prefix says where the settings came from)."""
     hints = {key: hint for key, _, hint, _ in iter_keys(cfg)}
     for key, low in _MINIMUM.items():
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
             allowed = " or ".join((f"an integer >= {low}", *_words(hints[key])))
-            raise UserError(f"bad value for {key}: {value}; allowed: {allowed}")
+            raise UserError(f"{prefix}bad value for {key}: {value}; allowed: {allowed}")
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:
-            raise UserError(f"bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
+            raise UserError(f"{prefix}bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
     if not 0 < cfg.holdout_fraction < 1:
-        raise UserError(f"bad value for holdout_fraction: {cfg.holdout_fraction}; allowed: a number in (0, 1)")
-    if cfg.n_folds < 2:
-        raise UserError(f"bad value for n_folds: {cfg.n_folds}; allowed: an integer >= 2")
+        raise UserError(f"{prefix}bad value for holdout_fraction: {cfg.holdout_fraction}; allowed: a number in (0, 1)")
+
+
+def validate(cfg: Config) -> None:
+    """The settings that name folds and models: folds within n_folds, every model known, stacks well-fed."""
+    from .variants import check_stacks, known_names
+
     bad = [k for k in cfg.fold if not 0 <= k < cfg.n_folds]
     if bad:
         raise UserError(f"bad value for fold: {bad[0]}; allowed: 0..{cfg.n_folds - 1} (n_folds={cfg.n_folds})")
+    names = known_names(cfg)
     if not cfg.models:
-        raise UserError(f"bad value for models: ''; allowed: a comma list of {', '.join(MODEL_NAMES)}")
-    for key, names in (("models", cfg.models), ("tune.models", cfg.tune.models)):
-        if any(m not in MODEL_NAMES for m in names):
-            from .models import REGISTRY  # late import (torch): models import config
-
-            unknown = [m for m in names if m not in REGISTRY]
-            if unknown:
-                raise UserError(f"bad value for {key}: '{unknown[0]}'; allowed: {', '.join(REGISTRY)}")
+        raise UserError(f"bad value for models: ''; allowed: a comma list of {', '.join(names)}")
+    for key, chosen in (("models", cfg.models), ("tune.models", cfg.tune.models)):
+        unknown = [m for m in chosen if m not in names]
+        if unknown:
+            raise UserError(f"bad value for {key}: '{unknown[0]}'; allowed: {', '.join(names)} (a variant must be "
+                            "declared in variants=FILE or as variant.NAME.kind=KIND)")
+    check_stacks(cfg)
 
 
 def _get(cfg: Config, key: str):
@@ -349,6 +382,10 @@ def help_text() -> str:
         if key == "fold":
             shown = "0..4"
         lines.append(f"  {key + '=' + str(shown):<34} {f.metadata.get('help', '')}")
+    from .variants import KINDS
+
+    lines.append(f"  {'variant.NAME.KEY=VALUE':<34} declare a variant on the command line: variant.NAME.kind=KIND (one "
+                 f"of {', '.join(KINDS)}), then any key of that kind's sections or a training key")
     return "\n".join(lines)
 
 
@@ -366,6 +403,7 @@ def config_from_dict(saved: dict) -> Config:
         for p in path:
             target = getattr(target, p)
         setattr(target, leaf, value)
+    cfg.variant = saved.get("variant", {})
     return cfg
 
 

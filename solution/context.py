@@ -18,13 +18,18 @@ def checkpoint_dir(cfg: Config, model: str, k: int) -> Path:
 
 @dataclass
 class FoldJob:
-    cfg: Config
+    cfg: Config  # the model's own config (the run's with its variant settings on top)
     comp: Competition
     fold_of_row: np.ndarray
     k: int
     model: str
     provenance: dict  # data / folds / config hashes stamped on everything this job writes
     store: object = None  # the ImageStore, for models that read images
+    run_cfg: Config | None = None  # the run's config, which every other model is resolved from (stacks need it)
+
+    @property
+    def base(self) -> Config:
+        return self.run_cfg if self.run_cfg is not None else self.cfg
 
     @property
     def ckpt_dir(self) -> Path:

@@ -9,6 +9,8 @@ Every file carries its ImageIDs, provenance and content hash, and every reader c
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +22,28 @@ from .errors import UserError
 from .folds import folds_hash, read_folds
 from .metric import samples_f1
 from .text import pipeline_identity
-from .models import REGISTRY, TRAINING_KEYS, FoldOutput
+from .models import FoldOutput, resolve
+from .variants import KINDS, kind_of, settings_identity
 
 
 def provenance(cfg: Config, comp, model: str, k: int) -> dict:
     """What fold k of `model` is made from: data, folds, its settings, for caption models the text pipeline
     (stop list, normaliser, vectors: the same settings on another machine must give the same tokens), and,
     for a stack, the content hashes of the upstream feature arrays it reads (so retraining an upstream fold
-    makes the stack's fold stale)."""
+    makes the stack's fold stale). `cfg` is the run's config; the model's own settings are resolved here."""
+    resolved = resolve(cfg, model)
     prov = {"data": comp.fingerprint, "folds": folds_hash(cfg), "config": settings_hash(cfg, model)}
-    if "text" in REGISTRY[model].sections:
-        prov["text"] = pipeline_identity(cfg)
-    upstream = REGISTRY[model].needs(cfg)
-    if upstream:
-        prov["upstream"] = {m: _content_or_none(features_path(cfg, m, k)) for m in upstream}
+    if "text" in KINDS[resolved.kind].sections:
+        prov["text"] = pipeline_identity(resolved.cfg)
+    if resolved.upstream:
+        prov["upstream"] = {m: _content_or_none(features_path(cfg, m, k)) for m in resolved.upstream}
     return prov
 
 
 def settings_hash(cfg: Config, model: str) -> str:
-    """Hash of every setting `model` depends on (the same for all its folds)."""
-    return cfg.section_hash(*TRAINING_KEYS, *REGISTRY[model].sections)
+    """Hash of every setting `model` depends on (the same for all its folds): a variant's own, the run's
+    for what it does not set."""
+    return hashlib.sha256(json.dumps(settings_identity(cfg, model), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def oof_contents(cfg: Config, model: str) -> list[str | None]:
@@ -93,8 +97,16 @@ def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: F
     write_json(oof_path(cfg, model, k).with_suffix(".json"), {**meta, "content": content})  # for people
     ckpt = checkpoint_dir(cfg, model, k)
     ckpt.mkdir(parents=True, exist_ok=True)
-    write_json(record_path(cfg, model, k), {"model": model, "fold": k, "config": cfg.to_dict(), "provenance": prov,
+    write_json(record_path(cfg, model, k), {"model": model, "kind": kind_of(cfg, model), "fold": k,
+                                            "config": resolve(cfg, model).cfg.to_dict(), "provenance": prov,
                                             "oof": content, "features": features, "files": weight_files(ckpt)})
+
+
+def save_model_config(cfg: Config, model: str) -> None:
+    """oof/<model>/config.json: what the model is (kind, its variant settings) and the full config it trains with."""
+    write_json(cfg.out / "oof" / model / "config.json",
+               {"model": model, "kind": kind_of(cfg, model), "variant": cfg.variant.get(model, {}),
+                "config": resolve(cfg, model).cfg.to_dict()})
 
 
 def _rerun(model: str, k: int) -> str:

@@ -18,18 +18,13 @@ from .config import Config, config_from_dict
 from .context import FoldJob, checkpoint_dir
 from .data import load_test_only
 from .errors import UserError
-from .models import REGISTRY
+from .models import REGISTRY, Model
+from .variants import BUILTINS
 from .oof import oof_path, read_record, weight_files
 from .submit import write_submission
 from .tune import combine, rank_transform
 
 RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers")
-
-
-def fold_config(cfg: Config, record: dict) -> Config:
-    """The config a fold was trained with, with this run's runtime keys on top."""
-    trained = config_from_dict(record["config"])
-    return dataclasses.replace(trained, **{key: getattr(cfg, key) for key in RUNTIME_KEYS})
 
 
 def _verified_record(cfg: Config, blend: dict, model: str, k: int) -> dict:
@@ -56,24 +51,34 @@ def _tuned_oof(cfg: Config, blend: dict, model: str, k: int) -> np.ndarray:
     return arrays["val_probs"]
 
 
-def _fold_models(cfg: Config, blend: dict, k: int) -> dict[str, dict]:
-    """Records of the blended models of fold k and of every model they stack on, inputs first."""
-    records: dict[str, dict] = {}
+def recorded_model(cfg: Config, record: dict) -> Model:
+    """The model a fold record describes, rebuilt from the record alone (its kind and the config it trained
+    with, with this run's runtime keys), whatever today's defaults or variants file say."""
+    kind = record.get("kind", BUILTINS.get(record["model"]))  # records of earlier versions name built-ins only
+    trained = config_from_dict(record["config"])
+    fcfg = dataclasses.replace(trained, **{key: getattr(cfg, key) for key in RUNTIME_KEYS})
+    return Model(record["model"], kind, REGISTRY[kind], fcfg)
 
-    def visit(model: str) -> None:
-        if model in records:
+
+def _fold_models(cfg: Config, blend: dict, k: int) -> dict[str, tuple[dict, Model]]:
+    """(record, model) of the blended models of fold k and of every model they stack on, inputs first."""
+    found: dict[str, tuple[dict, Model]] = {}
+
+    def visit(name: str) -> None:
+        if name in found:
             return
-        record = _verified_record(cfg, blend, model, k)
-        for upstream in REGISTRY[model].needs(config_from_dict(record["config"])):
+        record = _verified_record(cfg, blend, name, k)
+        model = recorded_model(cfg, record)
+        for upstream in model.upstream:
             visit(upstream)
-            if records[upstream]["features"] != record["provenance"]["upstream"][upstream]:
-                raise UserError(f"{model} fold {k} stacks on {upstream} features that were retrained since; "
-                                f"rerun ./run.sh train models={model} fold={k}, then ./run.sh tune")
-        records[model] = record
+            if found[upstream][0]["features"] != record["provenance"]["upstream"][upstream]:
+                raise UserError(f"{name} fold {k} stacks on {upstream} features that were retrained since; "
+                                f"rerun ./run.sh train models={name} fold={k}, then ./run.sh tune")
+        found[name] = (record, model)
 
-    for model in blend["models"]:
-        visit(model)
-    return records
+    for name in blend["models"]:
+        visit(name)
+    return found
 
 
 def predict(cfg: Config) -> None:
@@ -89,21 +94,18 @@ def predict(cfg: Config) -> None:
     folds = [_fold_models(cfg, blend, k) for k in range(n_folds)]  # every check before any inference
     stores: dict[int, object] = {}
     probs: dict[str, list[np.ndarray]] = {}
-    for k, records in enumerate(folds):
+    for k, models in enumerate(folds):
         outputs: dict[str, tuple] = {}
-        for model, record in records.items():
-            fcfg = fold_config(cfg, record)
-            store = None
-            if REGISTRY[model].kind == "image":
+        for name, (record, model) in models.items():
+            side = model.spec.image_side(model.cfg)
+            if side is not None and side not in stores:
                 from .train import prepare_images
 
-                if fcfg.image.size not in stores:
-                    stores[fcfg.image.size] = prepare_images(fcfg, comp, (comp.test,))
-                store = stores[fcfg.image.size]
-            job = FoldJob(fcfg, comp, np.zeros(0, int), k, model, record["provenance"], store)
-            outputs[model] = REGISTRY[model].infer(job, comp.test, outputs)
-            probs.setdefault(model, []).append(np.asarray(outputs[model][0], dtype=np.float32))
-        log.info(f"predict fold {k}: {', '.join(records)} applied to {len(comp.test)} rows")
+                stores[side] = prepare_images(cfg, comp, (comp.test,), side)
+            job = FoldJob(model.cfg, comp, np.zeros(0, int), k, name, record["provenance"], stores.get(side))
+            outputs[name] = model.spec.infer(job, comp.test, outputs)
+            probs.setdefault(name, []).append(np.asarray(outputs[name][0], dtype=np.float32))
+        log.info(f"predict fold {k}: {', '.join(models)} applied to {len(comp.test)} rows")
     models = blend["models"]
     tests = {m: np.mean(probs[m], axis=0) for m in models}  # as oof.collect_oof averages the saved test predictions
     if blend["blend"] == "rank":  # the test probabilities on the scale of the OOF the blend was tuned on

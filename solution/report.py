@@ -18,6 +18,7 @@ from .metric import scores
 from .oof import collect_oof
 from .submit import load_blend
 from .tune import Tuned, rank_transform
+from .variants import describe
 
 CURVE = np.round(np.arange(0.05, 0.96, 0.05), 2)
 
@@ -148,6 +149,8 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
         "nested = fitted on the other folds' OOF, scored on fold k, averaged. "
         "Micro/macro and per-label figures use the in-sample tuned decision.", "",
         "```", _table(out), "```", "",
+        "## Models", "", "| model | what it is (kind, backbone, its variant settings) |", "|---|---|",
+        *[f"| {name} | {describe(cfg, name)} |" for name in out["models"]], "",
         "## Decisions compared", "",
         "How the probabilities become labels: per-label thresholds (Optuna), or per image the set with the highest "
         "expected F1 after per-label Platt calibration. The run uses tune.decision.", "",

@@ -17,13 +17,14 @@ from .data import Competition
 from .folds import make_folds
 from .images import report_skipped
 from .metric import samples_f1
-from .models import REGISTRY, needs_images, training_order
-from .oof import collect_oof, fold_done, provenance, record_path, save_fold
+from .models import training_order
+from .oof import collect_oof, fold_done, provenance, record_path, save_fold, save_model_config
+from .variants import describe
 from .trainer import seed_everything
 
 
-def prepare_images(cfg: Config, comp: Competition, frames):
-    """Pre-flight scan (and cache fill) of every image the selected models will read."""
+def prepare_images(cfg: Config, comp: Competition, frames, side: int):
+    """Pre-flight scan (and cache fill) of every image of `frames`, for models that read them at `side` px."""
     from .models.image import image_store
 
     if not comp.image_dir.is_dir():
@@ -31,11 +32,17 @@ def prepare_images(cfg: Config, comp: Competition, frames):
 
         raise UserError(f"{comp.image_dir} does not exist; image models need data_dir/data/<ImageID> "
                         "(or choose caption models only, e.g. models=bilstm,tfidf)")
-    store = image_store(cfg)
+    store = image_store(cfg, side)
     paths = [comp.image_dir / i for frame in frames for i in frame["ImageID"]]
     bad = store.prepare(paths, cfg.worker_count(), skip_bad=cfg.on_bad_image == "skip")
     report_skipped(bad, cfg.out / "logs" / "skipped_images.txt")
     return store
+
+
+def image_stores(cfg: Config, comp: Competition, models, frames) -> dict[int, object]:
+    """One prepared image store per image side the models read (two backbones at 224 and 288 px: two caches)."""
+    sides = sorted({side for m in models if (side := m.spec.image_side(m.cfg)) is not None})
+    return {side: prepare_images(cfg, comp, frames, side) for side in sides}
 
 
 def train(cfg: Config, comp: Competition) -> None:
@@ -43,46 +50,48 @@ def train(cfg: Config, comp: Competition) -> None:
     alone, and only rank 0 writes folds, cache, checkpoints and artefacts (the others read them after)."""
     fold_of_row = distributed.main_first(lambda: make_folds(cfg, comp))
     order = training_order(cfg, cfg.models)
-    store = distributed.main_first(lambda: prepare_images(cfg, comp, (comp.train, comp.test))) \
-        if needs_images(cfg, order) else None
+    stores = distributed.main_first(lambda: image_stores(cfg, comp, order, (comp.train, comp.test)))
     main = distributed.is_main()
     if main:
         save_config(cfg, cfg.out / "oof" / "config.json")
     for model in order:
-        spec = REGISTRY[model]
-        together = spec.kind == "image"  # the networks worth several GPUs
+        if main:
+            save_model_config(cfg, model.name)
         for k in cfg.fold:
             distributed.barrier()  # every rank sees the same finished folds
-            prov = provenance(cfg, comp, model, k)  # per fold: a stack's depends on its upstream fold's features
-            job = FoldJob(cfg, comp, fold_of_row, k, model, prov, store)
-            if fold_done(cfg, comp, model, k, prov):
+            prov = provenance(cfg, comp, model.name, k)  # per fold: a stack's depends on its upstream fold's features
+            store = stores.get(model.spec.image_side(model.cfg))
+            job = FoldJob(model.cfg, comp, fold_of_row, k, model.name, prov, store, run_cfg=cfg)
+            if fold_done(cfg, comp, model.name, k, prov):
                 if not cfg.force:
                     log.info(f"{job.label}: already trained with these data, folds and settings; skipping "
                              "(force=true retrains)")
                     continue
-            if not (together or main):
+            if not (model.spec.together or main):
                 continue
             if main:
                 if cfg.force and job.ckpt_dir.exists():
                     shutil.rmtree(job.ckpt_dir)
-                record_path(cfg, model, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
-            if together:
+                record_path(cfg, model.name, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
+            if model.spec.together:
                 distributed.barrier()  # rank 0 has cleared what force=true retrains
-            seed_everything(cfg.seed * 100 + k)
+            seed_everything(model.cfg.seed * 100 + k)
             start = time.time()
-            with contextlib.nullcontext() if together else distributed.alone():
-                out = spec.run(job)
+            with contextlib.nullcontext() if model.spec.together else distributed.alone():
+                out = model.spec.run(job)
             if main:
-                save_fold(cfg, comp, model, k, job.val_idx, out, prov, job.train_idx)
+                save_fold(cfg, comp, model.name, k, job.val_idx, out, prov, job.train_idx)
             log.info(f"{job.label}: fold {k} samples-F1 at 0.5 = {samples_f1(comp.y[job.val_idx], out.val_probs):.4f} "
                      f"on its {len(job.val_idx)} unseen rows ({time.time() - start:.0f}s)")
     distributed.barrier()
     if not main:
         return
     for model in order:
-        missing = [k for k in range(cfg.n_folds) if not fold_done(cfg, comp, model, k, provenance(cfg, comp, model, k))]
+        name = model.name
+        missing = [k for k in range(cfg.n_folds) if not fold_done(cfg, comp, name, k, provenance(cfg, comp, name, k))]
         if not missing:
-            oof, _, _ = collect_oof(cfg, comp, model)
-            log.info(f"{model}: all {cfg.n_folds} folds done; OOF samples-F1 at 0.5 = {samples_f1(comp.y, oof):.4f}")
+            oof, _, _ = collect_oof(cfg, comp, name)
+            log.info(f"{name} ({describe(cfg, name)}): all {cfg.n_folds} folds done; OOF samples-F1 at 0.5 = "
+                     f"{samples_f1(comp.y, oof):.4f}")
         else:
-            log.info(f"{model}: folds {','.join(map(str, missing))} still to train before tune/submit")
+            log.info(f"{name}: folds {','.join(map(str, missing))} still to train before tune/submit")

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from solution.cli import COMMANDS
-from solution.config import Config, MODEL_NAMES, build_config, iter_keys, parse_folds
+from solution.config import Config, build_config, iter_keys, parse_folds
 from solution.errors import UserError
 
 
@@ -134,11 +134,14 @@ def test_every_key_round_trips_through_key_value():
         assert value == default, key
 
 
-def test_model_names_match_the_registry():
-    """config.MODEL_NAMES lets a config be checked without importing torch; it must list the real registry."""
+def test_kinds_match_the_registry():
+    """variants.KINDS lets a config be checked without importing torch; it must list the kinds the registry runs,
+    and every built-in model must be one of them."""
     from solution.models import REGISTRY
+    from solution.variants import BUILTINS, KINDS
 
-    assert tuple(REGISTRY) == MODEL_NAMES
+    assert set(REGISTRY) == set(KINDS)
+    assert set(BUILTINS.values()) <= set(KINDS)
 
 
 # ---- the CLI, in a subprocess ------------------------------------------------------------------

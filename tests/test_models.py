@@ -97,13 +97,13 @@ def test_image_features_are_saved_for_fusion(demo_run):
 
 
 def test_exactly_the_feature_models_save_features(demo_run):
-    """config.FEATURE_MODELS (what fusion may stack on) is the set of models that write fold features."""
-    from solution.config import FEATURE_MODELS
+    """variants.KINDS says which kinds fusion may stack on: exactly the models that write fold features."""
     from solution.oof import features_path
+    from solution.variants import KINDS, kind_of
 
     cfg, _ = demo_run
     for model in cfg.models:
-        assert features_path(cfg, model, 0).exists() == (model in FEATURE_MODELS), model
+        assert features_path(cfg, model, 0).exists() == KINDS[kind_of(cfg, model)].features, model
 
 
 def test_minilm_beats_baseline(tmp_path):
@@ -299,9 +299,9 @@ def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path,
 
     from solution.context import FoldJob
     from solution.folds import read_folds
-    from solution.models import REGISTRY
+    from solution.models import resolve
     from solution.oof import provenance
-    from solution.train import prepare_images
+    from solution.train import image_stores
     from solution.trainer import seed_everything
 
     cfg, comp = leak_setup
@@ -316,10 +316,12 @@ def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path,
         shutil.copytree(cfg.out, out, ignore=shutil.ignore_patterns(model))  # no checkpoint of this model to resume
         run_cfg = dataclasses.replace(cfg, out_dir=str(out), models=[model])
         run_comp = dataclasses.replace(comp, y=labels)
-        store = prepare_images(run_cfg, run_comp, (comp.train, comp.test))
-        job = FoldJob(run_cfg, run_comp, fold_of_row, 0, model, provenance(run_cfg, comp, model, 0), store)
+        resolved = resolve(run_cfg, model)
+        stores = image_stores(run_cfg, run_comp, [resolved], (comp.train, comp.test))
+        job = FoldJob(resolved.cfg, run_comp, fold_of_row, 0, model, provenance(run_cfg, comp, model, 0),
+                      stores.get(resolved.spec.image_side(resolved.cfg)), run_cfg=run_cfg)
         seed_everything(cfg.seed * 100)  # as train() seeds each fold
-        outputs.append(REGISTRY[model].run(job))
+        outputs.append(resolved.spec.run(job))
     np.testing.assert_array_equal(outputs[0].val_probs, outputs[1].val_probs)
     np.testing.assert_array_equal(outputs[0].test_probs, outputs[1].test_probs)
 

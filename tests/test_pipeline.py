@@ -20,11 +20,10 @@ from solution.context import FoldJob
 from solution.data import load_test_only
 from solution.demo import make_dataset
 from solution.labels import LABELS
-from solution.models import REGISTRY, training_order
 from solution.oof import oof_path
 from solution.cli import main as cli_main
 from solution.oof import read_record
-from solution.predict import fold_config
+from solution.predict import recorded_model
 from solution.train import prepare_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,10 +127,11 @@ def test_infer_reproduces_every_models_saved_test_predictions(finished):
     comp = load_test_only(cfg.data_dir)
     upstream = {}
     for model in ("resnet50", "bilstm", "tfidf", "fusion", "joint"):
-        fcfg = fold_config(cfg, read_record(cfg, model, 1))
-        store = prepare_images(fcfg, comp, (comp.test,))
-        job = FoldJob(fcfg, comp, np.zeros(0, int), 1, model, {}, store)
-        upstream[model] = REGISTRY[model].infer(job, comp.test, upstream)
+        resolved = recorded_model(cfg, read_record(cfg, model, 1))
+        side = resolved.spec.image_side(resolved.cfg)
+        store = prepare_images(cfg, comp, (comp.test,), side) if side else None
+        job = FoldJob(resolved.cfg, comp, np.zeros(0, int), 1, model, {}, store)
+        upstream[model] = resolved.spec.infer(job, comp.test, upstream)
         saved = load_arrays(oof_path(cfg, model, 1))[1]["test_probs"]
         np.testing.assert_array_equal(np.asarray(upstream[model][0], np.float32), saved, err_msg=model)
 

@@ -1,7 +1,9 @@
-"""The model registry: every model by name in one plain dict, each following the same per-fold contract.
+"""The model registry: the code of every model kind in one plain dict by kind, each following one per-fold contract.
 
 `run(job)` trains on the folds other than k and returns fold k's and the test set's probabilities (and,
-for networks, pooled features); `infer(job, frame, upstream)` re-runs saved fold weights on new rows.
+for models of a kind that saves features, pooled features); `infer(job, frame, upstream)` re-runs saved fold
+weights on new rows. A model is a name (built-in or a declared variant) resolved to its kind and its config
+(solution/variants.py).
 """
 from __future__ import annotations
 
@@ -10,9 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-# Top-level settings every trained model depends on (its artefacts are stale when one changes).
-TRAINING_KEYS = ("seed", "n_folds", "limit", "epochs", "batch_size", "patience", "stop_fraction", "optimizer",
-                 "scheduler", "weight_decay", "grad_clip", "loss", "pos_weight", "pos_weight_max", "on_bad_image")
+from ..variants import kind_of, model_config, upstream_names
 
 
 @dataclass
@@ -27,46 +27,51 @@ class FoldOutput:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    name: str
-    kind: str  # "image", "caption" or "stack"
-    sections: tuple[str, ...]  # config sections (besides TRAINING_KEYS) the model depends on
+    kind: str  # a key of variants.KINDS
     run: Callable
     infer: Callable
-    needs: Callable = lambda cfg: ()  # models whose features this one consumes
+    image_side: Callable = lambda cfg: None  # side of the images its folds read from the image store (None: none)
+    stacks: bool = False  # it reads the fold features of the models named by variants.upstream_names
+    together: bool = False  # in a DDP run it trains on every rank (the image networks); else on rank 0 alone
 
 
 from . import bilstm, fusion, image, joint, minilm, tfidf  # noqa: E402  (they import the types above)
 
-REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (image.SPEC, bilstm.SPEC, tfidf.SPEC, minilm.SPEC, fusion.SPEC,
+REGISTRY: dict[str, ModelSpec] = {s.kind: s for s in (image.SPEC, bilstm.SPEC, tfidf.SPEC, minilm.SPEC, fusion.SPEC,
                                                      joint.SPEC)}
 
 
-def needs_images(cfg, names) -> bool:
-    """True when any selected model, directly or through the features it stacks on, reads images."""
-    seen, todo = set(), list(names)
-    while todo:
-        name = todo.pop()
-        if name in seen:
-            continue
-        seen.add(name)
-        spec = REGISTRY[name]
-        if spec.kind == "image":
-            return True
-        todo.extend(spec.needs(cfg))
-    return False
+@dataclass(frozen=True)
+class Model:
+    """A model of this run: its name (its folder under oof/ and checkpoints/), kind, code and resolved config."""
+    name: str
+    kind: str
+    spec: ModelSpec
+    cfg: object
+
+    @property
+    def upstream(self) -> list[str]:
+        """The models whose fold features it stacks on."""
+        return list(upstream_names(self.cfg, self.name).values()) if self.spec.stacks else []
 
 
-def training_order(cfg, names) -> list[str]:
-    """Selected models plus what they stack on, each after its inputs."""
-    order: list[str] = []
+def resolve(cfg, name: str) -> Model:
+    kind = kind_of(cfg, name)
+    return Model(name, kind, REGISTRY[kind], model_config(cfg, name))
+
+
+def training_order(cfg, names) -> list[Model]:
+    """The selected models plus what they stack on, each after its inputs."""
+    order: dict[str, Model] = {}
 
     def visit(name):
         if name in order:
             return
-        for dep in REGISTRY[name].needs(cfg):
+        model = resolve(cfg, name)
+        for dep in model.upstream:
             visit(dep)
-        order.append(name)
+        order[name] = model
 
     for name in names:
         visit(name)
-    return order
+    return list(order.values())

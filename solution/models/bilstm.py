@@ -104,4 +104,4 @@ def infer(job: FoldJob, frame, upstream):
         return predict(net, loader, resolve_device(job.cfg.device), desc=f"{job.label} predict")
 
 
-SPEC = ModelSpec(name="bilstm", kind="caption", sections=("text",), run=run, infer=infer)
+SPEC = ModelSpec(kind="bilstm", run=run, infer=infer)

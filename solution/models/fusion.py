@@ -22,10 +22,11 @@ def _fold_features(job: FoldJob) -> dict[str, np.ndarray]:
 
     parts = []
     for model in _upstream(job.cfg):
-        meta, arrays = load_fold(job.cfg, job.comp, model, job.k, provenance(job.cfg, job.comp, model, job.k), features=True)
+        meta, arrays = load_fold(job.base, job.comp, model, job.k, provenance(job.base, job.comp, model, job.k),
+                                 features=True)
         if meta["content"] != job.provenance["upstream"][model]:  # another process retrained it meanwhile
-            raise UserError(f"oof/{model}/fold{job.k}_features.npz changed while fusion fold {job.k} started; "
-                            f"run ./run.sh train models=fusion fold={job.k}")
+            raise UserError(f"oof/{model}/fold{job.k}_features.npz changed while {job.label} started; "
+                            f"run ./run.sh train models={job.model} fold={job.k}")
         ids = job.comp.train["ImageID"].to_numpy(dtype=str)
         if not np.array_equal(arrays["train_ids"], ids[job.train_idx]):
             raise UserError(f"oof/{model}/fold{job.k}_features.npz: train rows do not line up; "
@@ -52,5 +53,4 @@ def infer(job: FoldJob, frame, upstream):
     return predict_head(job, load_head(job, x.shape[1], **_head_args(job.cfg)), x)
 
 
-SPEC = ModelSpec(name="fusion", kind="stack", sections=("fusion", "image", "text"), run=run, infer=infer,
-                 needs=_upstream)
+SPEC = ModelSpec(kind="fusion", run=run, infer=infer, stacks=True)

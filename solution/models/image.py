@@ -209,9 +209,9 @@ def device_augment(cfg) -> GpuAugment | None:
     return GpuAugment(cfg.image.size, cfg.image.vflip) if cfg.image.gpu_aug else None
 
 
-def image_store(cfg) -> ImageStore:
-    """The process-wide image store; the train stage fills it during the pre-flight scan."""
-    return ImageStore(cfg.out / "cache" if cfg.image.cache else None, cfg.image.size)
+def image_store(cfg, side: int) -> ImageStore:
+    """The image store of one image side; the train stage fills it during the pre-flight scan."""
+    return ImageStore(cfg.out / "cache" if cfg.image.cache else None, side)
 
 
 def image_paths(job: FoldJob, frame):
@@ -278,4 +278,4 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device))
 
 
-SPEC = ModelSpec(name="resnet50", kind="image", sections=("image",), run=run, infer=infer)
+SPEC = ModelSpec(kind="image", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, together=True)

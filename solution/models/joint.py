@@ -57,4 +57,4 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device), encode(job.cfg, vocab, frame))
 
 
-SPEC = ModelSpec(name="joint", kind="image", sections=("image", "text"), run=run, infer=infer)
+SPEC = ModelSpec(kind="joint", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, together=True)

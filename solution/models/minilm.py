@@ -137,4 +137,4 @@ def infer(job: FoldJob, frame, upstream):
         return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.head_dropout), x)
 
 
-SPEC = ModelSpec(name="minilm", kind="caption", sections=("text",), run=run, infer=infer)
+SPEC = ModelSpec(kind="minilm", run=run, infer=infer)

@@ -66,4 +66,4 @@ def infer(job: FoldJob, frame, upstream):
     return model.predict_proba(_texts(job.cfg, frame)).astype(np.float32), None  # as training saved them
 
 
-SPEC = ModelSpec(name="tfidf", kind="caption", sections=("text",), run=run, infer=infer)
+SPEC = ModelSpec(kind="tfidf", run=run, infer=infer)
