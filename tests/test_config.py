@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 
 import pytest
@@ -196,3 +197,107 @@ def test_cli_out_dir_not_writable(run_cli, assert_cli_error, demo_csv, tmp_path)
     proc = run_cli("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
     assert_cli_error(proc, "out_dir", str(out))
     assert blocker.read_text() == "not a folder"
+
+
+# ---- variants ------------------------------------------------------------------------------------
+
+GOOD_VARIANTS = """
+# a second backbone at another size, and a wider Bi-LSTM
+[convnext]
+kind = "image"
+image.model = "convnext_small.fb_in22k_ft_in1k"
+image.size = 288
+epochs = 10
+
+[bilstm_long]
+kind = "bilstm"
+"text.max_len" = 24
+text.hidden = 128
+"""
+
+
+def test_a_variants_file_declares_typed_settings_on_top_of_the_run(tmp_path):
+    from solution.variants import model_config, settings_identity
+
+    path = tmp_path / "v.toml"
+    path.write_text(GOOD_VARIANTS)
+    cfg = build_config([f"variants={path}", "models=resnet50,convnext,bilstm_long", "image.lr=1e-3"])
+    assert cfg.variant["convnext"] == {"kind": "image", "image.model": "convnext_small.fb_in22k_ft_in1k",
+                                       "image.size": 288, "epochs": 10}
+    conv = model_config(cfg, "convnext")
+    assert (conv.image.size, conv.image.lr, conv.epochs, cfg.image.size, cfg.epochs) == (288, 1e-3, 10, 224, None)
+    assert model_config(cfg, "bilstm_long").text.max_len == 24
+    # a built-in's identity is what earlier versions hashed: the training keys and its sections, no kind
+    assert "kind" not in settings_identity(cfg, "resnet50") and settings_identity(cfg, "convnext")["kind"] == "image"
+
+
+def test_the_command_line_declares_variants_too():
+    from solution.variants import model_config
+
+    cfg = build_config(["variant.wide.kind=bilstm", "variant.wide.text.hidden=256", "models=wide,bilstm"])
+    assert model_config(cfg, "wide").text.hidden == 256 and model_config(cfg, "bilstm").text.hidden == 64
+
+
+def test_joint_takes_its_branches_settings_from_the_models_it_names():
+    from solution.variants import model_config
+
+    cfg = build_config(["variant.big.kind=image", "variant.big.image.size=320", "variant.long.kind=bilstm",
+                        "variant.long.text.max_len=30", "variant.j.kind=joint", "variant.j.joint.image_model=big",
+                        "variant.j.joint.text_model=long", "variant.j.image.epochs=2", "models=j"])
+    joint = model_config(cfg, "j")
+    assert (joint.image.size, joint.image.epochs, joint.text.max_len) == (320, 2, 30)
+
+
+@pytest.mark.parametrize("table,needles", [
+    ('[a]\nkind = "imag"\n', ["variant 'a'", "kind 'imag'"]),
+    ('[a]\nimage.size = 3\n', ["variant 'a'", "no kind"]),
+    ('[a]\nkind = "image"\ntext.hidden = 3\n', ["variant 'a'", "text.hidden"]),
+    ('[a]\nkind = "image"\nimage.size = "big"\n', ["variant 'a'", "image.size", "'big'"]),
+    ('[a]\nkind = "image"\nimage.size = 0\n', ["variant 'a'", "image.size"]),
+    ('[a]\nkind = "image"\nn_folds = 3\n', ["variant 'a'", "n_folds"]),
+    ('[bilstm]\nkind = "bilstm"\n', ["variant 'bilstm'", "taken"]),
+    ('["a/b"]\nkind = "image"\n', ["variant 'a/b'", "name"]),
+    ('[f]\nkind = "fusion"\nfusion.image_model = "tfidf"\n', ["variant 'f'", "fusion.image_model", "'tfidf'"]),
+    ('[a]\nkind = "image"\n[a]\n', ["not valid TOML", "line 3"]),
+    ('a = 3\n', ["'a'", "table"]),
+])
+def test_a_bad_declaration_names_file_variant_and_key(tmp_path, table, needles):
+    path = tmp_path / "v.toml"
+    path.write_text(table)
+    with pytest.raises(UserError) as err:
+        build_config([f"variants={path}"])
+    message = str(err.value)
+    assert "\n" not in message and str(path) in message, message
+    for needle in needles:
+        assert needle in message, (needle, message)
+
+
+def test_a_variant_declared_twice_or_never_is_refused(tmp_path):
+    path = tmp_path / "v.toml"
+    path.write_text('[a]\nkind = "image"\n')
+    with pytest.raises(UserError, match="declared there and on the command line"):
+        build_config([f"variants={path}", "variant.a.kind=image"])
+    with pytest.raises(UserError, match="bad value for models: 'b'"):
+        build_config([f"variants={path}", "models=a,b"])
+
+
+def test_cli_bad_variant_file_is_one_line_before_anything_is_written(run_cli, assert_cli_error, tmp_path):
+    path = tmp_path / "v.toml"
+    path.write_text('[convnext]\nkind = "image"\nimage.sise = 288\n')
+    out = tmp_path / "O"
+    proc = run_cli("train", f"data_dir={tmp_path}", f"out_dir={out}", f"variants={path}", "models=convnext")
+    assert_cli_error(proc, str(path), "variant 'convnext'", "image.sise")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["gpu.toml", "captions.toml"])
+def test_the_shipped_variants_files_are_valid_and_name_real_timm_weights(name):
+    import timm
+
+    path = Path(__file__).resolve().parents[1] / "variants" / name
+    cfg = build_config([f"variants={path}"])
+    assert cfg.variant
+    build_config([f"variants={path}", f"models={','.join(['resnet50', 'bilstm', *cfg.variant])}"])
+    for table in cfg.variant.values():
+        if "image.model" in table:
+            assert table["image.model"] in timm.list_pretrained(), table

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from solution.artefacts import load_arrays
+from solution.artefacts import load_arrays, read_json, read_meta
 from solution.config import build_config
 from solution.context import FoldJob
 from solution.data import load_test_only
@@ -27,6 +27,18 @@ from solution.predict import recorded_model
 from solution.train import prepare_images
 
 REPO = Path(__file__).resolve().parents[1]
+# Beside the built-ins, a second image variant (another tiny backbone at another size) and a fusion stacked on it.
+VARIANTS = """
+[convnext]
+kind = "image"
+image.model = "test_convnext"
+image.size = 40
+
+[fuse_convnext]
+kind = "fusion"
+fusion.image_model = "convnext"
+"""
+NAMES = ["resnet50", "convnext", "bilstm", "tfidf", "fusion", "fuse_convnext", "joint"]
 TINY = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=32", "image.pretrained=false",
         "image.epochs=3", "image.batch_size=16", "image.lr=3e-3", "text.epochs=4", "text.batch_size=16",
         "fusion.epochs=4", "fusion.hidden=64", "tune.trials=8", "tune.threshold_trials=4"]
@@ -44,8 +56,14 @@ def start_background(root: Path, start) -> dict:
     """`all` with every model on a tiny demo dataset, started right after collection (conftest) so it overlaps
     the other tests."""
     make_dataset(root / "data", n_train=90, n_test=25, size=(64, 48))
-    return {"root": root, "all": start("all", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}",
-                                       "models=resnet50,bilstm,tfidf,fusion,joint", *TINY)}
+    (root / "variants.toml").write_text(VARIANTS)
+    return {"root": root, "all": start("all", *every_model(root))}
+
+
+def every_model(root: Path) -> list[str]:
+    """The data, out_dir, variants file and models of the end-to-end run."""
+    return [f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", f"variants={root / 'variants.toml'}",
+            f"models={','.join(NAMES)}", *TINY]
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +90,7 @@ def test_report_has_the_documented_schema_and_figures(finished):
     root, proc = finished
     report = json.loads((root / "out" / "oof" / "report.json").read_text())
     assert set(report) == {"models", "blend"}
-    for name in ("resnet50", "bilstm", "tfidf", "fusion", "joint"):
+    for name in NAMES:
         entry = report["models"][name]
         for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "per_label", "per_fold"):
             assert key in entry, (name, key)
@@ -81,7 +99,7 @@ def test_report_has_the_documented_schema_and_figures(finished):
         assert name in proc.stderr  # the console table names every model
     for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "weights", "thresholds"):
         assert key in report["blend"]
-    assert set(report["blend"]["weights"]) == {"resnet50", "bilstm", "tfidf", "fusion", "joint"}
+    assert set(report["blend"]["weights"]) == set(NAMES)
     md = (root / "out" / "oof" / "report.md").read_text()
     for figure in ("per_label_f1.png", "f1_vs_threshold.png", "blend_weights.png"):
         assert f"figures/{figure}" in md
@@ -93,6 +111,38 @@ def test_config_is_saved_beside_the_outputs(finished):
     root, _ = finished
     saved = json.loads((root / "out" / "oof" / "config.json").read_text())
     assert saved["image"]["model"] == "test_resnet" and saved["n_folds"] == 3
+
+
+def test_each_variant_trains_into_its_own_folders_with_its_own_settings(finished):
+    root, _ = finished
+    out = root / "out"
+    for name in ("convnext", "fuse_convnext"):
+        for k in range(3):
+            assert (out / "oof" / name / f"fold{k}.npz").exists(), (name, k)
+            assert read_json(out / "checkpoints" / name / f"fold{k}" / "fold.json")["model"] == name
+    saved = read_json(out / "oof" / "convnext" / "config.json")
+    assert saved["kind"] == "image" and saved["variant"] == {"kind": "image", "image.model": "test_convnext", "image.size": 40}
+    assert saved["config"]["image"]["model"] == "test_convnext" and saved["config"]["image"]["size"] == 40
+    record = read_json(out / "checkpoints" / "resnet50" / "fold0" / "fold.json")
+    assert record["kind"] == "image" and record["config"]["image"]["model"] == "test_resnet"  # the run's settings
+    stacked = read_json(out / "checkpoints" / "fuse_convnext" / "fold0" / "fold.json")
+    assert set(stacked["provenance"]["upstream"]) == {"convnext", "bilstm"}
+    assert (out / "cache" / "images_40.bin").exists() and (out / "cache" / "images_32.bin").exists()  # one per side
+    assert "| convnext | image: test_convnext @ 40 px" in (out / "oof" / "report.md").read_text()
+
+
+def test_changing_one_variant_makes_only_it_and_its_stacks_stale(finished, tmp_path, capsys):
+    root, _ = finished
+    out = Path(shutil.copytree(root / "out", tmp_path / "out"))
+    changed = tmp_path / "variants.toml"
+    changed.write_text(VARIANTS.replace("image.size = 40", "image.size = 36"))
+    common = [*every_model(root), f"out_dir={out}", f"variants={changed}"]
+    before = {(m, k): read_meta(out / "oof" / m / f"fold{k}.npz")["content"] for m in NAMES for k in range(3)}
+    assert_refused(capsys, ["tune", *common], "stale", "./run.sh train models=convnext fold=0")
+    _in_process("train", *common)
+    after = {(m, k): read_meta(out / "oof" / m / f"fold{k}.npz")["content"] for m in NAMES for k in range(3)}
+    retrained = {m for (m, k) in before if before[m, k] != after[m, k]}
+    assert retrained == {"convnext", "fuse_convnext"}
 
 
 def test_second_train_skips_finished_folds(finished):
@@ -126,7 +176,7 @@ def test_infer_reproduces_every_models_saved_test_predictions(finished):
     cfg = build_config([f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "num_workers=0"])
     comp = load_test_only(cfg.data_dir)
     upstream = {}
-    for model in ("resnet50", "bilstm", "tfidf", "fusion", "joint"):
+    for model in NAMES:
         resolved = recorded_model(cfg, read_record(cfg, model, 1))
         side = resolved.spec.image_side(resolved.cfg)
         store = prepare_images(cfg, comp, (comp.test,), side) if side else None
@@ -147,8 +197,7 @@ def test_predict_on_the_training_test_csv_reproduces_the_submission(finished, tm
     """predict rebuilds every fold model from its checkpoint record; on test.csv it must equal submit exactly."""
     root, _ = finished
     out = Path(shutil.copytree(root / "out", tmp_path / "out"))
-    common = [f"data_dir={root / 'data'}", f"out_dir={out}", "models=resnet50,bilstm,tfidf,fusion,joint", *TINY,
-              f"tune.blend={blend}", f"tune.decision={decision}"]
+    common = [*every_model(root), f"out_dir={out}", f"tune.blend={blend}", f"tune.decision={decision}"]
     _in_process("tune", *common)
     _in_process("submit", *common)
     if blend == "rank":  # report checks its per-model label sets reproduce tune's in-sample scores
