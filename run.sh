@@ -11,7 +11,7 @@ want="$(sha256sum "$repo/pyproject.toml" | cut -d' ' -f1)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "run.sh: setting up $venv (first use or pyproject.toml changed; takes a few minutes)..." >&2
   python3 -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[dev,glove,minilm]" >&2
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e "$repo[dev,glove,minilm,effnet]" >&2
   echo "$want" > "$stamp"
 fi
 

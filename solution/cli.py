@@ -56,6 +56,12 @@ def run(command: str, overrides: list[str]) -> None:
     comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo") else None
     from . import distributed  # here, not above: it imports torch, and a bad key= fails without it
 
+    if command in ("train", "all", "demo", "holdout"):
+        from .models import needs_images
+        from .models.image import check_image_weights
+
+        if needs_images(cfg, cfg.models):
+            check_image_weights(cfg)  # weights that cannot be had: one line, before folds, the cache and torchrun
     if cfg.gpus > 1 and not distributed.launched():
         if command not in ("train", "all"):
             raise UserError(f"gpus={cfg.gpus} applies to train and all (the image networks); drop it for {command}")

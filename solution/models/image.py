@@ -15,10 +15,14 @@ from ..errors import UserError
 from ..images import CACHE_SCALE, ImageStore
 from ..labels import N_LABELS
 from ..losses import make_loss
+from ..pretrained import PACKAGED, check_architecture, load_packaged, pip_name
 from ..trainer import fit, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
+# What to pass when timm's weights cannot be had.
+OFFLINE_CHOICES = ("pass image.model=tf_efficientnet_lite0 image.weights=efficientnet-lite0 (ImageNet weights from a pip "
+                   "package), image.weights=PATH (a local state_dict) or image.pretrained=false")
 
 
 def _hub_reachable() -> bool:
@@ -59,13 +63,21 @@ def _load_local_weights(backbone: nn.Module, path: str) -> None:
 
 
 def build_backbone(cfg) -> nn.Module:
-    """timm backbone without classifier (num_classes=0 gives pooled features), with the asked-for weights."""
+    """timm backbone without classifier (num_classes=0 gives pooled features), with the asked-for weights: a
+    weights package by name (image.weights=efficientnet-lite0), a local state_dict, timm's ImageNet weights
+    (cache, then network) or, only when image.pretrained=false says so, random ones."""
     import huggingface_hub.constants as hub
     import timm
 
     name = cfg.image.model
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise UserError(f"bad value for image.model: '{name}'; allowed: a timm model name (timm.list_models())")
+    if cfg.image.weights in PACKAGED:
+        check_architecture(cfg.image.weights, name)
+        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+        load_packaged(backbone, cfg.image.weights)
+        log.info(f"image.weights={cfg.image.weights}: loaded the ImageNet weights of {pip_name(cfg.image.weights)}")
+        return backbone
     if cfg.image.weights:
         backbone = timm.create_model(name, pretrained=False, num_classes=0)
         _load_local_weights(backbone, cfg.image.weights)
@@ -80,15 +92,22 @@ def build_backbone(cfg) -> nn.Module:
     except Exception:
         if not _hub_reachable():
             raise UserError(f"image.pretrained=true but the ImageNet weights of {name} are not cached and the "
-                            "network is unreachable; pass image.weights=PATH (a local state_dict) or "
-                            "image.pretrained=false") from None
+                            f"network is unreachable; {OFFLINE_CHOICES}") from None
     finally:
         hub.HF_HUB_OFFLINE = offline
     try:
         return timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as err:
         raise UserError(f"image.pretrained=true but {name}'s weights could not be downloaded ({type(err).__name__}); "
-                        "pass image.weights=PATH or image.pretrained=false") from None
+                        f"{OFFLINE_CHOICES}") from None
+
+
+def check_image_weights(cfg) -> None:
+    """Pre-flight of one model's image settings, before folds and the image cache: its backbone is built once
+    with the weights it asks for, so a missing weights package, file or network, a checkpoint that does not
+    fit or a mismatched image.model stops the run in one line, not when the first fold starts. It is the
+    loader itself, so the check and the folds cannot disagree; it costs one model build."""
+    build_backbone(cfg)
 
 
 class ImageNet(nn.Module):
