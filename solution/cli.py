@@ -57,11 +57,10 @@ def run(command: str, overrides: list[str]) -> None:
     from . import distributed  # here, not above: it imports torch, and a bad key= fails without it
 
     if command in ("train", "all", "demo", "holdout"):
-        from .models import needs_images
-        from .models.image import check_image_weights
+        from .models import training_order
 
-        if needs_images(cfg, cfg.models):
-            check_image_weights(cfg)  # weights that cannot be had: one line, before folds, the cache and torchrun
+        for model in training_order(cfg, cfg.models):  # weights that cannot be had: one line, before folds,
+            model.spec.preflight(model.cfg)           # the cache and torchrun
     if cfg.gpus > 1 and not distributed.launched():
         if command not in ("train", "all"):
             raise UserError(f"gpus={cfg.gpus} applies to train and all (the image networks); drop it for {command}")

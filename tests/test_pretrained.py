@@ -109,7 +109,7 @@ def photos(coco_mini, tmp_path_factory):
                         "num_workers=0"])
     comp = load_competition(cfg.data_dir)
     job = FoldJob(cfg=cfg, comp=comp, fold_of_row=np.zeros(len(comp.train), int), k=0, model="resnet50",
-                  provenance={}, store=image.image_store(cfg))
+                  provenance={}, store=image.image_store(cfg, cfg.image.size))
     frame = comp.train[comp.train["ImageID"].isin(KINDS)]
     assert len(frame) == len(KINDS)
     for image_id, labels in zip(frame["ImageID"], frame["Labels"]):

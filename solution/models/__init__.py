@@ -31,6 +31,7 @@ class ModelSpec:
     run: Callable
     infer: Callable
     image_side: Callable = lambda cfg: None  # side of the images its folds read from the image store (None: none)
+    preflight: Callable = lambda cfg: None  # checks, before any data is touched, what it needs (weights), in one line
     stacks: bool = False  # it reads the fold features of the models named by variants.upstream_names
     together: bool = False  # in a DDP run it trains on every rank (the image networks); else on rank 0 alone
 

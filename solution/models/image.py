@@ -297,4 +297,5 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device))
 
 
-SPEC = ModelSpec(kind="image", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, together=True)
+SPEC = ModelSpec(kind="image", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, preflight=check_image_weights,
+                 together=True)

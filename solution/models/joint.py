@@ -15,7 +15,7 @@ from ..labels import N_LABELS
 from ..trainer import load_checkpoint, resolve_device
 from . import FoldOutput, ModelSpec
 from .bilstm import caption_branch, encode, fold_vocab, saved_vocab
-from .image import backbone_lr, build_backbone, eval_probs, fit_image_net, normalise, register_input_stats
+from .image import backbone_lr, build_backbone, check_image_weights, eval_probs, fit_image_net, normalise, register_input_stats
 
 
 class JointNet(nn.Module):
@@ -57,4 +57,5 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device), encode(job.cfg, vocab, frame))
 
 
-SPEC = ModelSpec(kind="joint", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, together=True)
+SPEC = ModelSpec(kind="joint", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, preflight=check_image_weights,
+                 together=True)
