@@ -31,6 +31,7 @@ from .trainer import _to, autocast_dtype, compile_backbone, make_loader, make_op
 
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 SEARCH_START, SEARCH_END = "<!-- search:start -->", "<!-- search:end -->"
+EMBED_START, EMBED_END = "<!-- embed:start -->", "<!-- embed:end -->"
 
 
 def machine() -> str:
@@ -172,10 +173,43 @@ def bench(cfg: Config, overrides: list[str]) -> None:
             rows.append(("GPU only (batches made on the device)", _timed_train(cfg, net, fake, device),
                          _timed_infer(net, [((torch.cat([x, x]),), None)] * max(8, n // bs), device), 0.0))
             log.info(f"bench GPU only: train {rows[-1][1]:.1f} img/s, inference {rows[-1][2]:.1f} img/s")
+        embedded = _embed_rate(cfg, paths, work / "out")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _write(cfg, overrides, rows, device, n, bs)
+    _write_embed_rate(cfg, overrides, device, n, *embedded)
     _write_search_time(cfg, overrides, _search_seconds(cfg))
+
+
+def _embed_rate(cfg: Config, paths: list[Path], out: Path) -> tuple[int, float]:
+    """Images/s of a frozen embedding pass of embed.model (its weights, its preprocessing, embed.flip): every
+    JPEG decoded, checked, cropped and embedded, as `embed` does once per image. Returns (side, rate)."""
+    from .models.embed import Embeddings, FrozenNet, preprocessing
+    from .models.image import load_backbone
+
+    cfg = dataclasses.replace(cfg, out_dir=str(out))
+    net = FrozenNet(load_backbone(cfg.embed, "embed"))
+    prep = preprocessing(net.backbone, cfg.embed.size)
+    found = Embeddings(cfg, net, prep)
+    start = time.time()
+    found.fill(paths)
+    rate = len(paths) / (time.time() - start)
+    log.info(f"bench embed {cfg.embed.model} @ {prep['side']}{' + flip' if cfg.embed.flip else ''}: {rate:.1f} img/s")
+    return prep["side"], rate
+
+
+def _write_embed_rate(cfg: Config, overrides: list[str], device, n: int, side: int, rate: float) -> None:
+    path = Path(cfg.bench.file)
+    text = path.read_text(encoding="utf-8")
+    if EMBED_END not in text:
+        text += (f"\n## Frozen embedding throughput (`./run.sh bench`)\n\nThe `embed` kind's one pass over the images: "
+                 f"each synthetic 640x480 JPEG decoded, checked, cropped to the backbone's input and embedded (twice "
+                 f"with embed.flip), from a cold start of the pass.\n\n{EMBED_START}\n| date | machine | command | "
+                 f"backbone @ side, batch | flip | images | img/s |\n|---|---|---|---|---|---|---|\n{EMBED_END}\n")
+    command = ("./run.sh bench " + " ".join(overrides)).strip()
+    _append(path, text, EMBED_END, f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {cfg.worker_count()} "
+                                   f"workers) | `{command}` | {cfg.embed.model} @ {side}, {cfg.embed.batch_size} | "
+                                   f"{'yes' if cfg.embed.flip else 'no'} | {n} | {rate:.1f} |\n")
 
 
 def _search_seconds(cfg: Config) -> float:

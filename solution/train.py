@@ -23,26 +23,32 @@ from .variants import describe
 from .trainer import seed_everything
 
 
-def prepare_images(cfg: Config, comp: Competition, frames, side: int):
-    """Pre-flight scan (and cache fill) of every image of `frames`, for models that read them at `side` px."""
-    from .models.image import image_store
+class ImageSource:
+    """The images of a run's rows (train: train.csv and test.csv; predict: the new test.csv), checked and
+    cached on first use, once per side: two backbones at 224 and 288 px get one image cache each."""
 
-    if not comp.image_dir.is_dir():
-        from .errors import UserError
+    def __init__(self, cfg: Config, comp: Competition, frames):
+        self.cfg, self.comp, self.frames = cfg, comp, frames
+        self._stores: dict[int, object] = {}
 
-        raise UserError(f"{comp.image_dir} does not exist; image models need data_dir/data/<ImageID> "
-                        "(or choose caption models only, e.g. models=bilstm,tfidf)")
-    store = image_store(cfg, side)
-    paths = [comp.image_dir / i for frame in frames for i in frame["ImageID"]]
-    bad = store.prepare(paths, cfg.worker_count(), skip_bad=cfg.on_bad_image == "skip")
-    report_skipped(bad, cfg.out / "logs" / "skipped_images.txt")
-    return store
+    def paths(self) -> list:
+        return [self.comp.image_dir / i for frame in self.frames for i in frame["ImageID"]]
 
+    def at(self, side: int):
+        """The prepared ImageStore at `side` px: every image checked (and cached, with image.cache=true)."""
+        from .models.image import image_store
 
-def image_stores(cfg: Config, comp: Competition, models, frames) -> dict[int, object]:
-    """One prepared image store per image side the models read (two backbones at 224 and 288 px: two caches)."""
-    sides = sorted({side for m in models if (side := m.spec.image_side(m.cfg)) is not None})
-    return {side: prepare_images(cfg, comp, frames, side) for side in sides}
+        if side not in self._stores:
+            if not self.comp.image_dir.is_dir():
+                from .errors import UserError
+
+                raise UserError(f"{self.comp.image_dir} does not exist; image models need data_dir/data/<ImageID> "
+                                "(or choose caption models only, e.g. models=bilstm,tfidf)")
+            store = image_store(self.cfg, side)
+            bad = store.prepare(self.paths(), self.cfg.worker_count(), skip_bad=self.cfg.on_bad_image == "skip")
+            report_skipped(bad, self.cfg.out / "logs" / "skipped_images.txt")
+            self._stores[side] = store
+        return self._stores[side]
 
 
 def train(cfg: Config, comp: Competition) -> None:
@@ -50,7 +56,8 @@ def train(cfg: Config, comp: Competition) -> None:
     alone, and only rank 0 writes folds, cache, checkpoints and artefacts (the others read them after)."""
     fold_of_row = distributed.main_first(lambda: make_folds(cfg, comp))
     order = training_order(cfg, cfg.models)
-    stores = distributed.main_first(lambda: image_stores(cfg, comp, order, (comp.train, comp.test)))
+    images = ImageSource(cfg, comp, (comp.train, comp.test))
+    stores = distributed.main_first(lambda: {m.name: m.spec.store(m.cfg, images) for m in order})
     main = distributed.is_main()
     if main:
         save_config(cfg, cfg.out / "oof" / "config.json")
@@ -60,8 +67,7 @@ def train(cfg: Config, comp: Competition) -> None:
         for k in cfg.fold:
             distributed.barrier()  # every rank sees the same finished folds
             prov = provenance(cfg, comp, model.name, k)  # per fold: a stack's depends on its upstream fold's features
-            store = stores.get(model.spec.image_side(model.cfg))
-            job = FoldJob(model.cfg, comp, fold_of_row, k, model.name, prov, store, run_cfg=cfg)
+            job = FoldJob(model.cfg, comp, fold_of_row, k, model.name, prov, stores[model.name], run_cfg=cfg)
             if fold_done(cfg, comp, model.name, k, prov):
                 if not cfg.force:
                     log.info(f"{job.label}: already trained with these data, folds and settings; skipping "

@@ -34,6 +34,8 @@ class Kind:
 
 KINDS: dict[str, Kind] = {
     "image": Kind(("image",), True, "a timm backbone fine-tuned end to end on the images (image.*)"),
+    "embed": Kind(("embed",), True, "a frozen timm backbone: every image embedded once (cached), an MLP head per "
+                                    "fold on the embeddings (embed.*)"),
     "bilstm": Kind(("text",), True, "the caption Bi-LSTM on pretrained word vectors (text.*)"),
     "tfidf": Kind(("text",), False, "word n-gram TF-IDF with one-vs-rest logistic regression (text.tfidf_*)"),
     "minilm": Kind(("text",), False, "all-MiniLM-L6-v2 sentence embeddings with an MLP head, or fine-tuned (text.*)"),
@@ -45,7 +47,7 @@ KINDS: dict[str, Kind] = {
 
 # The models every run knows by name: each is its kind with the run's settings ("resnet50" for the image
 # kind, whatever image.model says, so the commands and out_dirs of earlier versions keep working).
-BUILTINS: dict[str, str] = {"resnet50": "image", "bilstm": "bilstm", "tfidf": "tfidf", "minilm": "minilm",
+BUILTINS: dict[str, str] = {"resnet50": "image", "embed": "embed", "bilstm": "bilstm", "tfidf": "tfidf", "minilm": "minilm",
                             "fusion": "fusion", "joint": "joint"}
 
 # Top-level settings every trained model depends on: its artefacts are stale when one of them changes.
@@ -110,6 +112,8 @@ def describe(cfg, name: str) -> str:
     what = kind
     if kind in ("image", "joint"):
         what += f": {resolved.image.model} @ {resolved.image.size} px"
+    elif kind == "embed":
+        what += f": {resolved.embed.model}, frozen"
     settings = {k: v for k, v in cfg.variant.get(name, {}).items() if k != "kind"}
     if settings:
         what += "; " + ", ".join(f"{k}={v}" for k, v in settings.items())

@@ -290,7 +290,7 @@ def test_cli_bad_variant_file_is_one_line_before_anything_is_written(run_cli, as
     assert not out.exists()
 
 
-@pytest.mark.parametrize("name", ["gpu.toml", "captions.toml"])
+@pytest.mark.parametrize("name", ["gpu.toml", "captions.toml", "embed.toml"])
 def test_the_shipped_variants_files_are_valid_and_name_real_timm_weights(name):
     import timm
 
@@ -299,5 +299,6 @@ def test_the_shipped_variants_files_are_valid_and_name_real_timm_weights(name):
     assert cfg.variant
     build_config([f"variants={path}", f"models={','.join(['resnet50', 'bilstm', *cfg.variant])}"])
     for table in cfg.variant.values():
-        if "image.model" in table:
-            assert table["image.model"] in timm.list_pretrained(), table
+        for key in ("image.model", "embed.model"):
+            if key in table:
+                assert table[key] in timm.list_pretrained(), table

@@ -302,7 +302,7 @@ def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path,
     from solution.folds import read_folds
     from solution.models import resolve
     from solution.oof import provenance
-    from solution.train import image_stores
+    from solution.train import ImageSource
     from solution.trainer import seed_everything
 
     cfg, comp = leak_setup
@@ -318,9 +318,9 @@ def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path,
         run_cfg = dataclasses.replace(cfg, out_dir=str(out), models=[model])
         run_comp = dataclasses.replace(comp, y=labels)
         resolved = resolve(run_cfg, model)
-        stores = image_stores(run_cfg, run_comp, [resolved], (comp.train, comp.test))
-        job = FoldJob(resolved.cfg, run_comp, fold_of_row, 0, model, provenance(run_cfg, comp, model, 0),
-                      stores.get(resolved.spec.image_side(resolved.cfg)), run_cfg=run_cfg)
+        store = resolved.spec.store(resolved.cfg, ImageSource(run_cfg, run_comp, (comp.train, comp.test)))
+        job = FoldJob(resolved.cfg, run_comp, fold_of_row, 0, model, provenance(run_cfg, comp, model, 0), store,
+                      run_cfg=run_cfg)
         seed_everything(cfg.seed * 100)  # as train() seeds each fold
         outputs.append(resolved.spec.run(job))
     np.testing.assert_array_equal(outputs[0].val_probs, outputs[1].val_probs)

@@ -24,10 +24,11 @@ from solution.oof import oof_path
 from solution.cli import main as cli_main
 from solution.oof import read_record
 from solution.predict import recorded_model
-from solution.train import prepare_images
+from solution.train import ImageSource
 
 REPO = Path(__file__).resolve().parents[1]
-# Beside the built-ins, a second image variant (another tiny backbone at another size) and a fusion stacked on it.
+# Beside the built-ins: a second image variant (another tiny backbone at another size) and a fusion stacked on
+# it, and a frozen EfficientNet-Lite0 with real ImageNet weights (the efficientnet-lite0 package) and a fusion on it.
 VARIANTS = """
 [convnext]
 kind = "image"
@@ -37,8 +38,17 @@ image.size = 40
 [fuse_convnext]
 kind = "fusion"
 fusion.image_model = "convnext"
+
+[lite0]
+kind = "embed"
+embed.size = 64
+embed.epochs = 5
+
+[fuse_lite0]
+kind = "fusion"
+fusion.image_model = "lite0"
 """
-NAMES = ["resnet50", "convnext", "bilstm", "tfidf", "fusion", "fuse_convnext", "joint"]
+NAMES = ["resnet50", "convnext", "lite0", "bilstm", "tfidf", "fusion", "fuse_convnext", "fuse_lite0", "joint"]
 TINY = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=32", "image.pretrained=false",
         "image.epochs=3", "image.batch_size=16", "image.lr=3e-3", "text.epochs=4", "text.batch_size=16",
         "fusion.epochs=4", "fusion.hidden=64", "tune.trials=8", "tune.threshold_trials=4"]
@@ -131,6 +141,18 @@ def test_each_variant_trains_into_its_own_folders_with_its_own_settings(finished
     assert "| convnext | image: test_convnext @ 40 px" in (out / "oof" / "report.md").read_text()
 
 
+def test_a_second_embed_run_decodes_and_embeds_nothing(finished, capsys):
+    root, _ = finished
+    cache = root / "out" / "cache"
+    (bin_file,) = cache.glob("embed_tf_efficientnet_lite0_*.bin")
+    size = bin_file.stat().st_size
+    capsys.readouterr()
+    _in_process("train", *every_model(root), "models=lite0")
+    err = capsys.readouterr().err
+    assert "all 115 images are in" in err and "nothing decoded or embedded" in err and "embedding" not in err
+    assert bin_file.stat().st_size == size
+
+
 def test_changing_one_variant_makes_only_it_and_its_stacks_stale(finished, tmp_path, capsys):
     root, _ = finished
     out = Path(shutil.copytree(root / "out", tmp_path / "out"))
@@ -178,8 +200,7 @@ def test_infer_reproduces_every_models_saved_test_predictions(finished):
     upstream = {}
     for model in NAMES:
         resolved = recorded_model(cfg, read_record(cfg, model, 1))
-        side = resolved.spec.image_side(resolved.cfg)
-        store = prepare_images(cfg, comp, (comp.test,), side) if side else None
+        store = resolved.spec.store(resolved.cfg, ImageSource(cfg, comp, (comp.test,)))
         job = FoldJob(resolved.cfg, comp, np.zeros(0, int), 1, model, {}, store)
         upstream[model] = resolved.spec.infer(job, comp.test, upstream)
         saved = load_arrays(oof_path(cfg, model, 1))[1]["test_probs"]

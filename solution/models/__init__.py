@@ -30,16 +30,17 @@ class ModelSpec:
     kind: str  # a key of variants.KINDS
     run: Callable
     infer: Callable
-    image_side: Callable = lambda cfg: None  # side of the images its folds read from the image store (None: none)
+    store: Callable = lambda cfg, images: None  # what its folds read, made once per run from a train.ImageSource:
+    # an image store at its side (image kinds), cached embeddings (embed), nothing (caption models)
     preflight: Callable = lambda cfg: None  # checks, before any data is touched, what it needs (weights), in one line
     stacks: bool = False  # it reads the fold features of the models named by variants.upstream_names
     together: bool = False  # in a DDP run it trains on every rank (the image networks); else on rank 0 alone
 
 
-from . import bilstm, fusion, image, joint, minilm, tfidf  # noqa: E402  (they import the types above)
+from . import bilstm, embed, fusion, image, joint, minilm, tfidf  # noqa: E402  (they import the types above)
 
-REGISTRY: dict[str, ModelSpec] = {s.kind: s for s in (image.SPEC, bilstm.SPEC, tfidf.SPEC, minilm.SPEC, fusion.SPEC,
-                                                     joint.SPEC)}
+REGISTRY: dict[str, ModelSpec] = {s.kind: s for s in (image.SPEC, embed.SPEC, bilstm.SPEC, tfidf.SPEC, minilm.SPEC,
+                                                     fusion.SPEC, joint.SPEC)}
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,17 @@ from ..errors import UserError
 from ..images import CACHE_SCALE, ImageStore
 from ..labels import N_LABELS
 from ..losses import make_loss
-from ..pretrained import PACKAGED, check_architecture, load_packaged, pip_name
+from ..pretrained import PACKAGED, check_architecture, load_packaged, offline_weights, pip_name
 from ..trainer import fit, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
-# What to pass when timm's weights cannot be had.
-OFFLINE_CHOICES = ("pass image.model=tf_efficientnet_lite0 image.weights=efficientnet-lite0 (ImageNet weights from a pip "
-                   "package), image.weights=PATH (a local state_dict) or image.pretrained=false")
+
+
+def _offline_choices(key: str) -> str:
+    """What to pass when timm's weights cannot be had."""
+    return (f"pass {key}.model=tf_efficientnet_lite0 {key}.weights=efficientnet-lite0 (ImageNet weights from a pip "
+            f"package), {key}.weights=PATH (a local state_dict) or {key}.pretrained=false")
 
 
 def _hub_reachable() -> bool:
@@ -33,14 +36,14 @@ def _hub_reachable() -> bool:
         return False
 
 
-def _load_local_weights(backbone: nn.Module, path: str) -> None:
+def _load_local_weights(backbone: nn.Module, path: str, key: str) -> None:
     """Load a torchvision/timm state_dict; any shape mismatch outside the classifier head is an error."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise UserError(f"image.weights={path}: file not found") from None
+        raise UserError(f"{key}.weights={path}: file not found") from None
     except Exception as err:
-        raise UserError(f"image.weights={path}: not a loadable state_dict ({type(err).__name__})") from None
+        raise UserError(f"{key}.weights={path}: not a loadable state_dict ({type(err).__name__})") from None
     for wrapper in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -49,41 +52,49 @@ def _load_local_weights(backbone: nn.Module, path: str) -> None:
     is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
     for key, tensor in state.items():
         if key in own and own[key].shape != tensor.shape and not is_head(key):
-            raise UserError(f"image.weights={path}: {key} has shape {tuple(tensor.shape)}, the model "
+            raise UserError(f"{key}.weights={path}: {key} has shape {tuple(tensor.shape)}, the model "
                             f"{tuple(own[key].shape)}; the checkpoint is for another architecture")
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
     unexpected = [k for k in state if k not in own and not is_head(k)]
     if not usable:
-        raise UserError(f"image.weights={path}: no tensor name matches the model; is it a state_dict for this backbone?")
+        raise UserError(f"{key}.weights={path}: no tensor name matches the model; is it a state_dict for this backbone?")
     backbone.load_state_dict(usable, strict=False)
-    log.info(f"image.weights: loaded {len(usable)} tensors from {path}; missing {len(missing)}"
+    log.info(f"{key}.weights: loaded {len(usable)} tensors from {path}; missing {len(missing)}"
              f"{' (' + ', '.join(missing[:5]) + ')' if missing else ''}; unexpected {len(unexpected)}"
              f"{' (' + ', '.join(unexpected[:5]) + ')' if unexpected else ''}")
 
 
 def build_backbone(cfg) -> nn.Module:
+    """The image kind's backbone, as its image.* settings ask."""
+    return load_backbone(cfg.image, "image")
+
+
+def load_backbone(section, key: str) -> nn.Module:
     """timm backbone without classifier (num_classes=0 gives pooled features), with the asked-for weights: a
-    weights package by name (image.weights=efficientnet-lite0), a local state_dict, timm's ImageNet weights
-    (cache, then network) or, only when image.pretrained=false says so, random ones."""
+    weights package by name (weights=efficientnet-lite0), a local state_dict, timm's ImageNet weights (cache,
+    then network) or, only when pretrained=false says so, random ones. `section` holds model, pretrained and
+    weights (image.* or embed.*); `key` names that section in errors."""
     import huggingface_hub.constants as hub
     import timm
 
-    name = cfg.image.model
+    name = section.model
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
-        raise UserError(f"bad value for image.model: '{name}'; allowed: a timm model name (timm.list_models())")
-    if cfg.image.weights in PACKAGED:
-        check_architecture(cfg.image.weights, name)
+        raise UserError(f"bad value for {key}.model: '{name}'; allowed: a timm model name (timm.list_models())")
+    packaged = section.weights if section.weights in PACKAGED else \
+        offline_weights(name) if section.pretrained and not section.weights else None
+    if packaged:
+        check_architecture(packaged, name, key)
         backbone = timm.create_model(name, pretrained=False, num_classes=0)
-        load_packaged(backbone, cfg.image.weights)
-        log.info(f"image.weights={cfg.image.weights}: loaded the ImageNet weights of {pip_name(cfg.image.weights)}")
+        load_packaged(backbone, packaged, key)
+        log.info(f"{key}.model={name}: loaded the ImageNet weights of {pip_name(packaged)}")
         return backbone
-    if cfg.image.weights:
+    if section.weights:
         backbone = timm.create_model(name, pretrained=False, num_classes=0)
-        _load_local_weights(backbone, cfg.image.weights)
+        _load_local_weights(backbone, section.weights, key)
         return backbone
-    if not cfg.image.pretrained:
-        log.info(f"image.pretrained=false: {name} starts from random weights")
+    if not section.pretrained:
+        log.info(f"{key}.pretrained=false: {name} starts from random weights")
         return timm.create_model(name, pretrained=False, num_classes=0)
     offline = hub.HF_HUB_OFFLINE
     try:
@@ -91,15 +102,15 @@ def build_backbone(cfg) -> nn.Module:
         return timm.create_model(name, pretrained=True, num_classes=0)
     except Exception:
         if not _hub_reachable():
-            raise UserError(f"image.pretrained=true but the ImageNet weights of {name} are not cached and the "
-                            f"network is unreachable; {OFFLINE_CHOICES}") from None
+            raise UserError(f"{key}.pretrained=true but the ImageNet weights of {name} are not cached and the "
+                            f"network is unreachable; {_offline_choices(key)}") from None
     finally:
         hub.HF_HUB_OFFLINE = offline
     try:
         return timm.create_model(name, pretrained=True, num_classes=0)
     except Exception as err:
-        raise UserError(f"image.pretrained=true but {name}'s weights could not be downloaded ({type(err).__name__}); "
-                        f"{OFFLINE_CHOICES}") from None
+        raise UserError(f"{key}.pretrained=true but {name}'s weights could not be downloaded ({type(err).__name__}); "
+                        f"{_offline_choices(key)}") from None
 
 
 def check_image_weights(cfg) -> None:
@@ -297,5 +308,5 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device))
 
 
-SPEC = ModelSpec(kind="image", run=run, infer=infer, image_side=lambda cfg: cfg.image.size, preflight=check_image_weights,
-                 together=True)
+SPEC = ModelSpec(kind="image", run=run, infer=infer, store=lambda cfg, images: images.at(cfg.image.size),
+                 preflight=check_image_weights, together=True)

@@ -24,10 +24,12 @@ class MLP(nn.Module):
 
 
 def train_head(job: FoldJob, x_train: np.ndarray, x_val: np.ndarray, x_test: np.ndarray, *, hidden: int,
-               dropout: float, epochs: int, batch_size: int, lr: float, loss_fn: nn.Module | None = None) -> FoldOutput:
+               dropout: float, epochs: int, batch_size: int, lr: float, loss_fn: nn.Module | None = None,
+               features: bool = False) -> FoldOutput:
     """x_train is aligned with job.train_idx; early stopping uses the job's stop rows inside it.
 
-    loss_fn defaults to the configured loss on the fit rows (make_loss).
+    loss_fn defaults to the configured loss on the fit rows (make_loss); features=True returns the hidden
+    layer of every row (train, val, test) for a stack to read.
     """
     cfg, y = job.cfg, job.comp.y
     fit_pos = np.searchsorted(job.train_idx, job.fit_idx)
@@ -43,7 +45,8 @@ def train_head(job: FoldJob, x_train: np.ndarray, x_val: np.ndarray, x_test: np.
                  make_loss(cfg, y[job.fit_idx]) if loss_fn is None else loss_fn, epochs, reseed)
     val_probs, val_feats = predict_head(job, net, x_val)
     test_probs, test_feats = predict_head(job, net, x_test)
-    return FoldOutput(val_probs, test_probs, result.best_f1, result.best_epoch, None, result.history)
+    feats = {"train": predict_head(job, net, x_train)[1], "val": val_feats, "test": test_feats} if features else None
+    return FoldOutput(val_probs, test_probs, result.best_f1, result.best_epoch, feats, result.history)
 
 
 def predict_head(job: FoldJob, net: MLP, x: np.ndarray):
