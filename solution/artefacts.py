@@ -10,6 +10,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,6 +35,22 @@ def atomic_path(path: Path):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def replace_dir(new: Path, old: Path) -> None:
+    """Put folder `new` in the place of folder `old` (which may not exist) by two renames; the folder it
+    replaces is deleted last. Only a kill between the renames leaves neither, and old.name + ".old" beside."""
+    trash = old.with_name(old.name + ".old")
+    shutil.rmtree(trash, ignore_errors=True)
+    if old.exists():
+        os.replace(old, trash)
+    try:
+        os.replace(new, old)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.replace(trash, old)  # put the old folder back
+        raise
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_json(path: Path, obj, indent: int | None = 2) -> None:

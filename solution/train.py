@@ -1,12 +1,12 @@
 """Stage 2: for each selected model and fold, train on the other folds and save OOF + test predictions.
 
 Finished folds whose provenance matches are skipped (force=true retrains); an interrupted fold resumes
-from its last finished epoch.
+from its last finished epoch. A fold trains in its staging folder and replaces the finished one only when
+done (oof.save_fold), so a retrain that is cut short leaves the fold trained before in use.
 """
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 
 
@@ -18,7 +18,7 @@ from .folds import make_folds
 from .images import report_skipped
 from .metric import samples_f1
 from .models import REGISTRY, needs_images, training_order
-from .oof import collect_oof, fold_done, provenance, record_path, save_fold
+from .oof import collect_oof, fold_done, provenance, save_fold
 from .trainer import seed_everything
 
 
@@ -54,7 +54,7 @@ def train(cfg: Config, comp: Competition) -> None:
         for k in cfg.fold:
             distributed.barrier()  # every rank sees the same finished folds
             prov = provenance(cfg, comp, model, k)  # per fold: a stack's depends on its upstream fold's features
-            job = FoldJob(cfg, comp, fold_of_row, k, model, prov, store)
+            job = FoldJob(cfg, comp, fold_of_row, k, model, prov, store, training=True)
             if fold_done(cfg, comp, model, k, prov):
                 if not cfg.force:
                     log.info(f"{job.label}: already trained with these data, folds and settings; skipping "
@@ -62,12 +62,6 @@ def train(cfg: Config, comp: Competition) -> None:
                     continue
             if not (together or main):
                 continue
-            if main:
-                if cfg.force and job.ckpt_dir.exists():
-                    shutil.rmtree(job.ckpt_dir)
-                record_path(cfg, model, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
-            if together:
-                distributed.barrier()  # rank 0 has cleared what force=true retrains
             seed_everything(cfg.seed * 100 + k)
             start = time.time()
             with contextlib.nullcontext() if together else distributed.alone():
