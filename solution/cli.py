@@ -7,7 +7,7 @@ import time
 
 from . import log
 from .config import build_config, help_text, save_config
-from .errors import UserError
+from .errors import MACHINE_ERRNOS, UserError, machine_error
 
 COMMANDS = {
     "train": "train the selected models on the selected folds (default command)",
@@ -114,6 +114,11 @@ def run_all(cfg, comp, stages=("train", "tune", "submit", "report")) -> None:
     log.info(f"done: submission {cfg.out / 'submissions' / 'submission.csv'}; report {cfg.out / 'oof' / 'report.md'}")
 
 
+def _one_line(err: UserError) -> int:
+    print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -131,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(command, argv)
     except UserError as err:
-        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
-        return 2
+        return _one_line(err)
+    except OSError as err:  # last resort for a machine failure no stage turned into a UserError
+        if err.errno not in MACHINE_ERRNOS:
+            raise
+        return _one_line(machine_error(err.filename or "a file", err, verb="failed on"))
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)
         return 130

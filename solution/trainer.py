@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed, log
-from .artefacts import atomic_path
+from .artefacts import atomic_file
 from .context import FoldJob
 from .errors import UserError
 from .metric import samples_f1
@@ -71,8 +71,10 @@ def _to(inputs, device, channels_last: bool):
 
 
 def save_checkpoint(path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Through a file object, not a path: torch's own writer reports a full disk as a RuntimeError without
+    the system's reason, while atomic_file gives one line naming the file and the reason."""
+    with atomic_file(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path) -> dict:

@@ -260,7 +260,7 @@ def test_a_retrain_cut_short_leaves_the_finished_fold_to_predict_until_the_new_o
     assert not finished.with_name("fold0.partial").exists() and not finished.with_name("fold0.old").exists()
     retrained = json.loads((finished / "fold.json").read_text())
     if retrain == "force=true":  # the same settings and seed: the same fold again
-        assert retrained["oof"] == record["oof"]
+        assert retrained["oof"] == record["oof"] and retrained["files"] == record["files"]
     else:
         assert retrained["config"]["text"]["hidden"] == 8 and retrained["oof"] != record["oof"]
 
