@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,8 @@ from .errors import UserError, machine_error
 
 CACHE_SCALE = 1.15
 BATCH_BYTES = 128 << 20  # decoded bytes appended per lock: bounds memory, lets other writers in between
+SAMPLE = 256  # image headers read to estimate the cache's size before filling it
+INDEX_ENTRY_BYTES = 64  # an index entry beside its key: offset, height, width, "size-mtime" signature, JSON marks
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -50,10 +53,18 @@ def load_rgb(path: Path, shorter_side: int | None = None) -> np.ndarray:
         img = to_rgb(img)
         img.load()
     if shorter_side:
-        w, h = img.size
-        scale = shorter_side / min(w, h)
-        img = img.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+        img = img.resize(resized(*img.size, shorter_side), Image.BILINEAR)
     return np.asarray(img)
+
+
+def resized(w: int, h: int, shorter_side: int) -> tuple[int, int]:
+    """(width, height) of a w x h image scaled so that its shorter side is `shorter_side`."""
+    scale = shorter_side / min(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
 def _signature(path: Path) -> str:
@@ -133,6 +144,8 @@ class ImageStore:
             key, signature = self._key(p), _signature(p)  # taken before decoding: a later change is seen next run
             if key not in todo and (self.cache_dir is None or not self._cached(key, signature)):
                 todo[key] = (p, signature)
+        if todo and self.cache_dir is not None:
+            self._check_room([p for p, _ in todo.values()], list(todo))
         if todo:
             side = None if self.cache_dir is None else round(CACHE_SCALE * self.side)
             label = "caching images" if self.cache_dir is not None else "checking images"
@@ -164,6 +177,34 @@ class ImageStore:
         self.blank = {self._key(b.path) for b in bad}
         self._mm = None
         return bad
+
+    def _check_room(self, paths: list[Path], keys: list[str]) -> None:
+        """Refuse at once, not an hour into the fill, when the images to cache cannot fit on out_dir's disk."""
+        needed = self.cache_bytes(paths, keys)
+        folder = next(p for p in (self.cache_dir, *self.cache_dir.parents) if p.exists())
+        free = shutil.disk_usage(folder).free
+        if needed > free:
+            raise UserError(f"image cache: {len(paths)} images at image.size={self.side} need about {_size(needed)} in "
+                            f"{self.cache_dir}, but only {_size(free)} is free there; pass image.cache=false (decode "
+                            "every image every epoch: slower), a smaller image.size, or out_dir= on a disk with more room")
+
+    def cache_bytes(self, paths: list[Path], keys: list[str]) -> int:
+        """About how many bytes caching `paths` (index keys `keys`) adds to the disk at its fullest.
+
+        Each image's cached shape comes from its header (PIL reads it without decoding) for up to SAMPLE
+        images spread over the list, scaled to all of them (without any header, the images are taken as
+        squares); the index counts twice, since the old one stays until the new one replaces it."""
+        side = round(CACHE_SCALE * self.side)
+        shapes = []
+        for path in paths[::-(-len(paths) // SAMPLE)]:
+            try:
+                with Image.open(path) as img:
+                    shapes.append(resized(*img.size, side))
+            except Exception:  # an unreadable image is reported by the decode that follows
+                continue
+        pixels = np.mean([w * h for w, h in shapes]) if shapes else side * side
+        entry = np.mean([len(k) for k in keys]) + INDEX_ENTRY_BYTES
+        return int(len(paths) * (3 * pixels + 2 * entry) + len(self.index) * entry)
 
     def _append(self, batch: list[tuple[str, str, np.ndarray]]) -> None:
         """Append decoded images and publish them, under the lock that makes concurrent writers safe.

@@ -1,12 +1,13 @@
 """Failures of the machine end in one line: a disk that fills at the image cache, a checkpoint, an OOF file or
 the submission (a real small tmpfs where mount is allowed, and everywhere a simulated one: os.write failing
-with ENOSPC) and a log file that cannot be written. Each leaves nothing half-written, and the same command, rerun
+with ENOSPC), the pre-flight estimate of the cache and a log file that cannot be written. Each leaves nothing half-written, and the same command, rerun
 with room, completes as an uninterrupted run would."""
 from __future__ import annotations
 
 import errno
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def test_a_full_disk_while_caching_images_gives_the_space_back_and_a_rerun_compl
                                                                                        capsys, monkeypatch):
     out = tmp_path / "out"
     disk = full_disk(out / "cache", room=64_000)  # room for a dozen of the 30 images
+    monkeypatch.setattr(ImageStore, "_check_room", lambda *args: None)  # filled by someone else after the pre-flight
     monkeypatch.setattr(images, "BATCH_BYTES", 20_000)  # published 4 images at a time
     args = ["train", f"data_dir={data}", f"out_dir={out}", "models=resnet50", *TINY]
     assert_one_line(*run(capsys, *args), str(out / "cache" / "images_32."), "No space left on device", "out_dir=")
@@ -249,3 +251,49 @@ def test_a_machine_failure_no_stage_names_still_ends_in_one_line(data, tmp_path,
 
     monkeypatch.setattr(solution.tune, "tune", fail)
     assert_one_line(*run(capsys, "tune", f"data_dir={data}", f"out_dir={tmp_path}"), *needles)
+
+
+# ---- the pre-flight estimate of the image cache ------------------------------------------------
+
+@pytest.fixture
+def photos(tmp_path) -> list[Path]:
+    """20 JPEGs of mixed aspect (landscape, portrait, square), as a real data set has."""
+    from PIL import Image
+
+    sizes = [(320, 240), (240, 320), (300, 300), (500, 200)] * 5
+    paths = [tmp_path / f"{i}.jpg" for i in range(len(sizes))]
+    for path, size in zip(paths, sizes):
+        Image.new("RGB", size, (90, 20, 200)).save(path)
+    return paths
+
+
+def test_the_cache_size_estimate_is_close_to_what_the_cache_takes(tmp_path, photos):
+    """Image by image from the headers (each shape its own), plus the index: old and new while one replaces the other."""
+    store = ImageStore(tmp_path / "cache", 100)
+    estimate = store.cache_bytes(photos, [str(p.resolve()) for p in photos])
+    store.prepare(photos, workers=0, skip_bad=False)
+    image_bytes = (tmp_path / "cache" / "images_100.bin").stat().st_size
+    index_bytes = (tmp_path / "cache" / "images_100.json").stat().st_size
+    assert image_bytes + index_bytes < estimate < image_bytes + 3 * index_bytes
+
+
+@pytest.mark.parametrize("disk", ["tmpfs", "simulated"])
+def test_the_pre_flight_refuses_a_cache_that_cannot_fit_before_decoding_anything(tmp_path, photos, monkeypatch, disk):
+    cache = tmp_path / "cache"
+    if disk == "tmpfs":
+        disk_ = TmpfsDisk(cache, room=200_000)
+    else:
+        real = images.shutil.disk_usage
+        monkeypatch.setattr(images.shutil, "disk_usage", lambda path: real(path)._replace(free=200_000))
+    try:
+        decoded = []
+        monkeypatch.setattr(images, "_decode_job", lambda job: decoded.append(job) or (None, "unused"))
+        with pytest.raises(UserError) as info:
+            ImageStore(cache, 224).prepare(photos, workers=0, skip_bad=False)
+        message = str(info.value)
+        assert decoded == [] and not (cache / "images_224.bin").exists()
+        assert re.search(r"20 images at image.size=224 need about 6\.\d MB in .*cache, but only 0\.2 MB is free", message)
+        assert all(fix in message for fix in ("image.cache=false", "a smaller image.size", "out_dir="))
+    finally:
+        if disk == "tmpfs":
+            disk_.close()
