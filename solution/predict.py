@@ -4,7 +4,7 @@ Every fold model is rebuilt from its checkpoint record (checkpoints/<model>/fold
 resolved config it was trained with, its provenance and the hashes of its OOF arrays and weight files),
 and used only when the record matches what `tune` blended. So on the training run's own test.csv,
 `predict` writes exactly the submission `submit` writes, and otherwise refuses in one line.
-Only data_dir, out_dir, device and num_workers come from this run.
+Only data_dir, out_dir, device and num_workers (and batch_size when given) come from this run.
 """
 from __future__ import annotations
 
@@ -27,9 +27,13 @@ RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers")
 
 
 def fold_config(cfg: Config, record: dict) -> Config:
-    """The config a fold was trained with, with this run's runtime keys on top."""
+    """The config a fold was trained with, with this run's runtime keys on top, and its batch_size when given:
+    a smaller batch gets past a GPU out of memory, and changes predictions in the last bits at most."""
     trained = config_from_dict(record["config"])
-    return dataclasses.replace(trained, **{key: getattr(cfg, key) for key in RUNTIME_KEYS})
+    runtime = {key: getattr(cfg, key) for key in RUNTIME_KEYS}
+    if cfg.batch_size is not None:
+        runtime["batch_size"] = cfg.batch_size
+    return dataclasses.replace(trained, **runtime)
 
 
 def _verified_record(cfg: Config, blend: dict, model: str, k: int) -> dict:

@@ -1,6 +1,7 @@
 """Failures of the machine end in one line: a disk that fills at the image cache, a checkpoint, an OOF file or
 the submission (a real small tmpfs where mount is allowed, and everywhere a simulated one: os.write failing
-with ENOSPC), the pre-flight estimate of the cache and a log file that cannot be written. Each leaves nothing half-written, and the same command, rerun
+with ENOSPC), the pre-flight estimate of the cache, a log file that cannot be written, and a CUDA
+out-of-memory error (simulated on the CPU). Each leaves nothing half-written, and the same command, rerun
 with room, completes as an uninterrupted run would."""
 from __future__ import annotations
 
@@ -241,9 +242,11 @@ def test_a_log_file_that_cannot_be_written_ends_the_run_in_one_line(data, tmp_pa
 
 @pytest.mark.parametrize("failure, needles", [
     (OSError(errno.EIO, "Input/output error", "/mnt/out/oof/x.npz"),
-     ("failed on /mnt/out/oof/x.npz: Input/output error; the disk reported an I/O error",))], ids=["EIO"])
+     ("failed on /mnt/out/oof/x.npz: Input/output error; the disk reported an I/O error",)),
+    (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+     ("CUDA out of memory (CUDA out of memory)", "lower image.batch_size", "device=cpu"))], ids=["EIO", "CUDA"])
 def test_a_machine_failure_no_stage_names_still_ends_in_one_line(data, tmp_path, capsys, monkeypatch, failure, needles):
-    """The CLI's last resort, for what no stage turned into a UserError."""
+    """The CLI's last resort, for what no stage turned into a UserError (torch moving a net to the GPU...)."""
     import solution.tune
 
     def fail(cfg, comp):
@@ -297,3 +300,64 @@ def test_the_pre_flight_refuses_a_cache_that_cannot_fit_before_decoding_anything
     finally:
         if disk == "tmpfs":
             disk_.close()
+
+
+# ---- CUDA out of memory, simulated on the CPU --------------------------------------------------
+
+def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_resumes(data, tmp_path, capsys,
+                                                                                         monkeypatch):
+    """Steps of more than 4 rows run out of GPU memory from epoch 2 on; the probe halves 8 to 4, which fits."""
+    real_step, real_save = trainer.train_step, trainer.save_checkpoint
+    tried, armed = [], []
+
+    def step(net, inputs, target, *args, **kwargs):
+        tried.append(len(target))
+        if armed and len(target) > 4:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_step(net, inputs, target, *args, **kwargs)
+
+    def save(path, obj):
+        real_save(path, obj)
+        armed.append(path.name == "last.pt")
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(trainer, "save_checkpoint", save)
+    monkeypatch.setattr(trainer, "gpu_memory", lambda device: "Simulated GPU (8.0 GiB)")
+    args = ["train", f"data_dir={data}", f"out_dir={tmp_path}", "models=resnet50", *TINY]
+    line = assert_one_line(*run(capsys, *args), "resnet50 fold 0: CUDA out of memory at 8 rows per batch",
+                           "image.batch_size=8, image.model=test_resnet, image.size=32", "Simulated GPU (8.0 GiB)",
+                           "4 rows fit", "rerun with image.batch_size=4")
+    assert tried[-2:] == [8, 4], tried  # the failed step, then one probe at half
+    monkeypatch.setattr(trainer, "train_step", real_step)
+    code, err = run(capsys, *args)
+    assert code == 0 and "resuming after epoch 1" in err, line + err[-2000:]
+
+
+def test_cuda_out_of_memory_while_predicting_suggests_the_batch_size_predict_takes(monkeypatch):
+    from solution.config import build_config
+    from solution.trainer import ArrayRows, BatchSetting, make_loader, predict
+
+    class Net(torch.nn.Module):
+        head = torch.nn.Linear(4, 18)
+
+        def embed(self, x):
+            if len(x) > 3:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            return x
+
+    monkeypatch.setattr(trainer, "gpu_memory", lambda device: "Simulated GPU (8.0 GiB)")
+    loader, _ = make_loader(ArrayRows([np.zeros((40, 4), np.float32)], None), 16, build_config(["num_workers=0"]), False)
+    with pytest.raises(UserError) as info:
+        predict(Net(), loader, torch.device("cpu"), desc="resnet50 fold 1 predict", batch=BatchSetting("batch_size", 8))
+    assert str(info.value).startswith("resnet50 fold 1 predict: CUDA out of memory at 16 rows per batch (batch_size=8) "
+                                      "on Simulated GPU (8.0 GiB); 2 rows fit (one step tried): rerun with batch_size=1")
+
+
+def test_predict_takes_a_batch_size_and_otherwise_the_folds_own():
+    from solution.config import Config, build_config
+    from solution.predict import fold_config
+
+    record = {"config": build_config(["image.batch_size=48"]).to_dict()}
+    assert fold_config(build_config([]), record).batch_size is None
+    assert fold_config(build_config(["batch_size=4"]), record).network_batch(48) == 4
+    assert fold_config(Config(), record).image.batch_size == 48
