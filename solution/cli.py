@@ -144,8 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as err:  # torch's CUDA out-of-memory error outside the steps that name their batch setting
         if type(err).__name__ != "OutOfMemoryError":
             raise
-        return _one_line(UserError(f"CUDA out of memory ({str(err).split('.')[0]}); lower image.batch_size or "
-                                   "image.size, or pass device=cpu; finished folds and epochs are kept"))
+        said = ". ".join(str(err).split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried to allocate 2.00 GiB"
+        return _one_line(UserError(f"{said}; lower image.batch_size or image.size, or pass device=cpu; finished folds "
+                                   "and epochs are kept"))
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)
         return 130

@@ -195,8 +195,8 @@ class ImageStore:
         images spread over the list, scaled to all of them (without any header, the images are taken as
         squares); the index counts twice, since the old one stays until the new one replaces it."""
         side = round(CACHE_SCALE * self.side)
-        shapes = []
-        for path in paths[::-(-len(paths) // SAMPLE)]:
+        shapes, step = [], -(-len(paths) // SAMPLE)  # ceil: at most SAMPLE headers
+        for path in paths[::step]:
             try:
                 with Image.open(path) as img:
                     shapes.append(resized(*img.size, side))

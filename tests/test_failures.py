@@ -244,7 +244,8 @@ def test_a_log_file_that_cannot_be_written_ends_the_run_in_one_line(data, tmp_pa
     (OSError(errno.EIO, "Input/output error", "/mnt/out/oof/x.npz"),
      ("failed on /mnt/out/oof/x.npz: Input/output error; the disk reported an I/O error",)),
     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
-     ("CUDA out of memory (CUDA out of memory)", "lower image.batch_size", "device=cpu"))], ids=["EIO", "CUDA"])
+     ("error: CUDA out of memory. Tried to allocate 2.00 GiB; lower image.batch_size", "device=cpu"))],
+    ids=["EIO", "CUDA"])
 def test_a_machine_failure_no_stage_names_still_ends_in_one_line(data, tmp_path, capsys, monkeypatch, failure, needles):
     """The CLI's last resort, for what no stage turned into a UserError (torch moving a net to the GPU...)."""
     import solution.tune
