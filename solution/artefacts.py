@@ -8,32 +8,94 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, machine_error
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path):
-    """Yield a temp path next to `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temp path next to `path`; rename it onto `path` only if the block succeeds.
+
+    The block writes that one file, so an OSError in it (a full disk, a quota, a read-only file system) is
+    the write failing: it becomes one line naming `path`, and the temp file is removed."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        try:
+            yield Path(tmp)
+            os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
     except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror}; choose a writable out_dir=") from None
-    os.close(fd)
+        raise machine_error(path, err) from None
+
+
+def write_all(fd: int, data) -> int:
+    """Write every byte of `data` to `fd` or raise the system's error: os.write may write only part (a disk
+    filling up takes what fits), and a caller that trusts the count it asked for misplaces what follows."""
+    view = memoryview(data).cast("B")
+    size = len(view)
+    while view:
+        view = view[os.write(fd, view):]
+    return size
+
+
+class _WholeWrites(io.FileIO):
+    """An unbuffered file whose write() writes all or raises, remembering the first error: libraries that
+    wrap a failed write in their own exception (torch.save: a RuntimeError about zip positions) hide it."""
+
+    error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return write_all(self.fileno(), data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file that becomes `path` only when the block succeeds and its bytes are on disk (fsync); a
+    failed write ends in one line with the system's reason, whatever exception the writing library raised."""
+    with atomic_path(path) as tmp, _WholeWrites(tmp, "w") as fh:
+        try:
+            yield fh
+        except Exception:
+            if fh.error is not None:
+                raise fh.error from None
+            raise
+        os.fsync(fh.fileno())
+
+
+def replace_dir(new: Path, old: Path) -> None:
+    """Put folder `new` in the place of folder `old` (which may not exist) by two renames; the folder it
+    replaces is deleted last. Only a kill between the renames leaves neither, and old.name + ".old" beside."""
+    trash = old.with_name(old.name + ".old")
+    shutil.rmtree(trash, ignore_errors=True)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if old.exists():
+            os.replace(old, trash)
+        try:
+            os.replace(new, old)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.replace(trash, old)  # put the old folder back
+            raise
+    except OSError as err:
+        raise machine_error(old, err, verb="cannot replace") from None
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def write_json(path: Path, obj, indent: int | None = 2) -> None:
@@ -65,11 +127,8 @@ def content_hash(arrays: dict[str, np.ndarray]) -> str:
 def save_arrays(path: Path, meta: dict, **arrays: np.ndarray) -> str:
     """Save arrays plus a JSON meta record (with the arrays' content hash) in one .npz, atomically; returns the hash."""
     content = content_hash(arrays)
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __meta__=np.array(json.dumps({**meta, "content": content})), **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_file(path) as fh:
+        np.savez(fh, __meta__=np.array(json.dumps({**meta, "content": content})), **arrays)
     return content
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import log
+from .artefacts import atomic_path
 from .config import Config
 from .demo import _image, _labels
 from .images import ImageStore
@@ -199,17 +200,13 @@ def _embed_rate(cfg: Config, paths: list[Path], out: Path) -> tuple[int, float]:
 
 
 def _write_embed_rate(cfg: Config, overrides: list[str], device, n: int, side: int, rate: float) -> None:
-    path = Path(cfg.bench.file)
-    text = path.read_text(encoding="utf-8")
-    if EMBED_END not in text:
-        text += (f"\n## Frozen embedding throughput (`./run.sh bench`)\n\nThe `embed` kind's one pass over the images: "
-                 f"each synthetic 640x480 JPEG decoded, checked, cropped to the backbone's input and embedded (twice "
-                 f"with embed.flip), from a cold start of the pass.\n\n{EMBED_START}\n| date | machine | command | "
-                 f"backbone @ side, batch | flip | images | img/s |\n|---|---|---|---|---|---|---|\n{EMBED_END}\n")
-    command = ("./run.sh bench " + " ".join(overrides)).strip()
-    _append(path, text, EMBED_END, f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {cfg.worker_count()} "
-                                   f"workers) | `{command}` | {cfg.embed.model} @ {side}, {cfg.embed.batch_size} | "
-                                   f"{'yes' if cfg.embed.flip else 'no'} | {n} | {rate:.1f} |\n")
+    _add_rows(cfg, EMBED_START, EMBED_END, "Frozen embedding throughput (`./run.sh bench`)",
+              "The `embed` kind's one pass over the images: each synthetic 640x480 JPEG decoded, checked, cropped to "
+              "the backbone's input and embedded (twice with embed.flip), from a cold start of the pass.",
+              "| date | machine | command | backbone @ side, batch | flip | images | img/s |",
+              f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {cfg.worker_count()} workers) | "
+              f"`{_command(overrides)}` | {cfg.embed.model} @ {side}, {cfg.embed.batch_size} | "
+              f"{'yes' if cfg.embed.flip else 'no'} | {n} | {rate:.1f} |\n")
 
 
 def _search_seconds(cfg: Config) -> float:
@@ -232,35 +229,37 @@ def _search_seconds(cfg: Config) -> float:
 
 
 def _write(cfg: Config, overrides: list[str], rows, device, n: int, bs: int) -> None:
-    path = Path(cfg.bench.file)
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    if MARK_START not in text:
-        text += (f"\n## Image model throughput (`./run.sh bench`)\n\nAppended by `./run.sh bench`; data loading "
-                 f"included except in GPU-only rows; loader rows have no network.\n\n{MARK_START}\n| date | machine | "
-                 f"command | model @ size, batch | mode | train img/s | inference img/s |\n|---|---|---|---|---|---|---|\n"
-                 f"{MARK_END}\n")
-    command = "./run.sh bench " + " ".join(overrides)
     workers = f"{cfg.worker_count()} workers{' = auto' if cfg.num_workers == 'auto' else ''}"
-    new = "".join(f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {workers}) | `{command.strip()}` | "
-                  f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | "
-                  f"{'—' if infer is None else f'{infer:.1f}'} |\n" for mode, train, infer, _ in rows)
-    _append(path, text, MARK_END, new)
-    log.info(f"bench: appended {len(rows)} rows to {path}")
+    _add_rows(cfg, MARK_START, MARK_END, "Image model throughput (`./run.sh bench`)",
+              "Appended by `./run.sh bench`; data loading included except in GPU-only rows; loader rows have no network.",
+              "| date | machine | command | model @ size, batch | mode | train img/s | inference img/s |",
+              "".join(f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {workers}) | `{_command(overrides)}` | "
+                      f"{cfg.image.model} @ {cfg.image.size}, {bs} ({n} images) | {mode} | {train:.1f} | "
+                      f"{'—' if infer is None else f'{infer:.1f}'} |\n" for mode, train, infer, _ in rows))
+    log.info(f"bench: appended {len(rows)} rows to {cfg.bench.file}")
 
 
 def _write_search_time(cfg: Config, overrides: list[str], seconds: float) -> None:
+    _add_rows(cfg, SEARCH_START, SEARCH_END, "Blend search time (`./run.sh bench`)",
+              "One weight, per-label threshold and calibration search (`tune.fit_tuning`) on 5 synthetic models x "
+              "30,000 rows x 18 labels; target < 60 s on the 2-core CPU.",
+              "| date | machine | command | tune.trials, threshold_trials | seconds |",
+              f"| {time.strftime('%Y-%m-%d')} | {machine()} | `{_command(overrides)}` | "
+              f"{cfg.tune.trials}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
+
+
+def _command(overrides: list[str]) -> str:
+    return ("./run.sh bench " + " ".join(overrides)).strip()
+
+
+def _add_rows(cfg: Config, start: str, end: str, title: str, about: str, header: str, rows: str) -> None:
+    """Insert table rows before the `end` marker of bench.file, first adding the section (title, what it measures,
+    the table's header between the markers) where the file has none; the file is replaced whole, never half-written."""
     path = Path(cfg.bench.file)
-    text = path.read_text(encoding="utf-8")
-    if SEARCH_END not in text:
-        text += (f"\n## Blend search time (`./run.sh bench`)\n\nOne Optuna weight, per-label threshold and calibration search "
-                 f"(`tune.fit_tuning`) on 5 synthetic models x 30,000 rows x 18 labels; target < 60 s on the 2-core "
-                 f"CPU.\n\n{SEARCH_START}\n| date | machine | command | tune.trials, threshold_trials | seconds |\n"
-                 f"|---|---|---|---|---|\n{SEARCH_END}\n")
-    command = ("./run.sh bench " + " ".join(overrides)).strip()
-    _append(path, text, SEARCH_END, f"| {time.strftime('%Y-%m-%d')} | {machine()} | `{command}` | "
-                                    f"{cfg.tune.trials}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
-
-
-def _append(path: Path, text: str, marker: str, rows: str) -> None:
-    head, tail = text.split(marker, 1)
-    path.write_text(head + rows + marker + tail, encoding="utf-8")
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    if end not in text:
+        rule = "|---" * header.count(" | ") + "|---|"
+        text += f"\n## {title}\n\n{about}\n\n{start}\n{header}\n{rule}\n{end}\n"
+    head, tail = text.split(end, 1)
+    with atomic_path(path) as tmp:
+        tmp.write_text(head + rows + end + tail, encoding="utf-8")

@@ -10,6 +10,7 @@ index is rebuilt by computing again, never misread.
 """
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import math
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from . import log
-from .artefacts import write_json
-from .errors import UserError
+from .artefacts import write_all, write_json
+from .errors import UserError, machine_error
 
 
 class ArrayCache:
@@ -66,26 +67,35 @@ class ArrayCache:
 
     def append(self, batch: list[tuple[str, str, np.ndarray]]) -> None:
         """Append (key, signature, array) items and publish them under the lock; keys another process cached
-        meanwhile are skipped."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a") as lock:
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
-            except OSError as err:
-                raise UserError(f"cannot lock {self.lock_path} ({err.strerror}); put out_dir on a file system with "
-                                f"file locks{', or ' + self.fix if self.fix else ''}") from None
-            self.index = self._read_index()
-            with open(self.bin_path, "ab") as fh:
-                fh.seek(0, os.SEEK_END)
-                for key, signature, arr in batch:
-                    if self.cached(key, signature):
-                        continue
-                    arr = np.ascontiguousarray(arr, dtype=self.dtype)
-                    self.index[key] = [fh.tell(), *arr.shape[:arr.ndim - len(self.tail)], signature]
-                    fh.write(arr.tobytes())
-                fh.flush()
-                os.fsync(fh.fileno())
-            write_json(self.index_path, self.index, indent=None)  # compact: 3x faster to write for 34k entries
+        meanwhile are skipped. A failed write (a full disk) cuts the file back to where this batch began, giving
+        the space back, publishes nothing, and ends in one line; the next run computes the batch again."""
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.lock_path, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, also when this process dies
+                except OSError as err:
+                    raise UserError(f"cannot lock {self.lock_path} ({err.strerror}); put out_dir on a file system "
+                                    f"with file locks{', or ' + self.fix if self.fix else ''}") from None
+                self.index = self._read_index()
+                index = dict(self.index)
+                with open(self.bin_path, "ab", buffering=0) as fh:
+                    start = end = fh.seek(0, os.SEEK_END)
+                    try:
+                        for key, signature, arr in batch:
+                            if not self.cached(key, signature):
+                                arr = np.ascontiguousarray(arr, dtype=self.dtype)
+                                index[key] = [end, *arr.shape[:arr.ndim - len(self.tail)], signature]
+                                end += write_all(fh.fileno(), arr)
+                        os.fsync(fh.fileno())
+                        write_json(self.index_path, index, indent=None)  # compact: 3x faster to write for 34k entries
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            fh.truncate(start)
+                        raise
+                self.index = index
+        except OSError as err:
+            raise machine_error(err.filename or self.bin_path, err) from None
         self._mm = None
 
     def get(self, key: str) -> np.ndarray | None:

@@ -7,7 +7,7 @@ import time
 
 from . import log
 from .config import build_config, help_text, save_config
-from .errors import UserError
+from .errors import MACHINE_ERRNOS, UserError, machine_error
 
 COMMANDS = {
     "train": "train the selected models on the selected folds (default command)",
@@ -59,8 +59,9 @@ def run(command: str, overrides: list[str]) -> None:
     if command in ("train", "all", "demo", "holdout"):
         from .models import training_order
 
-        for model in training_order(cfg, cfg.models):  # weights that cannot be had: one line, before folds,
-            model.spec.preflight(model.cfg)           # the cache and torchrun
+        with log.silenced():  # weights that cannot be had: one line, before folds, the cache and torchrun
+            for model in training_order(cfg, cfg.models):
+                model.spec.preflight(model.cfg)
     if cfg.gpus > 1 and not distributed.launched():
         if command not in ("train", "all"):
             raise UserError(f"gpus={cfg.gpus} applies to train and all (the image networks); drop it for {command}")
@@ -119,6 +120,11 @@ def run_all(cfg, comp, stages=("train", "tune", "submit", "report")) -> None:
     log.info(f"done: submission {cfg.out / 'submissions' / 'submission.csv'}; report {cfg.out / 'oof' / 'report.md'}")
 
 
+def _one_line(err: UserError) -> int:
+    print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help", "help") for a in argv):
@@ -136,8 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(command, argv)
     except UserError as err:
-        print("error: " + " ".join(str(err).splitlines()), file=sys.stderr)  # always one line
-        return 2
+        return _one_line(err)
+    except OSError as err:  # last resort for a machine failure no stage turned into a UserError
+        if err.errno not in MACHINE_ERRNOS:
+            raise
+        return _one_line(machine_error(err.filename or "a file", err, verb="failed on"))
+    except RuntimeError as err:  # torch's CUDA out-of-memory error outside the steps that name their batch setting
+        if type(err).__name__ != "OutOfMemoryError":
+            raise
+        said = ". ".join(str(err).split(". ")[:2]).rstrip(".")  # "CUDA out of memory. Tried to allocate 2.00 GiB"
+        return _one_line(UserError(f"{said}; lower image.batch_size or image.size, or pass device=cpu; finished folds "
+                                   "and epochs are kept"))
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last finished epoch", file=sys.stderr)
         return 130

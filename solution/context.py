@@ -13,7 +13,14 @@ from .data import Competition
 
 
 def checkpoint_dir(cfg: Config, model: str, k: int) -> Path:
+    """Fold k's finished checkpoints and record: what predict loads."""
     return cfg.out / "checkpoints" / model / f"fold{k}"
+
+
+def staging_dir(cfg: Config, model: str, k: int) -> Path:
+    """Where fold k trains until it is finished and replaces checkpoint_dir: a retrain (force=true, changed
+    settings) leaves the finished fold usable until then, and a killed one resumes from its last.pt here."""
+    return checkpoint_dir(cfg, model, k).with_name(f"fold{k}.partial")
 
 
 @dataclass
@@ -24,8 +31,9 @@ class FoldJob:
     k: int
     model: str
     provenance: dict  # data / folds / config hashes stamped on everything this job writes
-    store: object = None  # the ImageStore, for models that read images
+    store: object = None  # what the model's folds read: an ImageStore, embeddings (ModelSpec.store)
     run_cfg: Config | None = None  # the run's config, which every other model is resolved from (stacks need it)
+    training: bool = False  # checkpoints go to the staging folder; else they are read from the finished one
 
     @property
     def base(self) -> Config:
@@ -33,7 +41,7 @@ class FoldJob:
 
     @property
     def ckpt_dir(self) -> Path:
-        return checkpoint_dir(self.cfg, self.model, self.k)
+        return (staging_dir if self.training else checkpoint_dir)(self.cfg, self.model, self.k)
 
     @property
     def label(self) -> str:

@@ -10,7 +10,6 @@ that closes the quote at its very end, unless a line before that cannot be insid
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,11 +119,8 @@ def _quote(value: str) -> str:
 
 def write_table(path: Path, columns: tuple[str, ...], rows: list[tuple[str, ...]], line_end: str = "\n") -> None:
     """Write a CSV atomically (temp file then rename), quoting only fields that need it."""
-    from .artefacts import atomic_path
+    from .artefacts import atomic_file
 
     text = line_end.join([",".join(columns)] + [",".join(_quote(str(v)) for v in row) for row in rows]) + line_end
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+    with atomic_file(path) as fh:
+        fh.write(text.encode("utf-8"))

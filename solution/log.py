@@ -1,11 +1,14 @@
 """Console + file logging: one logger, a file per run under out_dir/logs."""
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import sys
 import time
 from pathlib import Path
+
+from .errors import machine_error
 
 _logger = logging.getLogger("solution")
 
@@ -20,6 +23,20 @@ def _new_log_file(log_dir: Path, command: str) -> Path:
             return path
         except FileExistsError:
             continue
+
+
+class _LogFile(logging.FileHandler):
+    """The run's log file. A write it cannot make (a full disk...) ends the run in one line naming the file,
+    where logging would print a traceback for every later record and go on."""
+
+    def handleError(self, record) -> None:
+        err = sys.exc_info()[1]
+        if not isinstance(err, OSError):
+            return super().handleError(record)
+        _logger.removeHandler(self)
+        with contextlib.suppress(OSError):
+            self.close()
+        raise machine_error(self.baseFilename, err) from None
 
 
 def setup(log_dir: Path | None, command: str, quiet: bool = False) -> Path | None:
@@ -38,7 +55,7 @@ def setup(log_dir: Path | None, command: str, quiet: bool = False) -> Path | Non
     try:
         log_dir.mkdir(parents=True, exist_ok=True)
         path = _new_log_file(log_dir, command)
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _LogFile(path, encoding="utf-8")
     except OSError:
         return None
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
@@ -52,3 +69,15 @@ def info(msg: str) -> None:
 
 def warn(msg: str) -> None:
     _logger.warning(f"WARNING: {msg}")
+
+
+@contextlib.contextmanager
+def silenced():
+    """No log lines inside the block: a pre-flight check runs before the run's log exists, and what it would
+    say is said again when the stage does the work."""
+    was = _logger.disabled
+    _logger.disabled = True
+    try:
+        yield
+    finally:
+        _logger.disabled = was

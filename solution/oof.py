@@ -15,9 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artefacts import check_provenance, file_hash, load_arrays, read_json, read_meta, save_arrays, write_json
+from .artefacts import (check_provenance, file_hash, load_arrays, read_json, read_meta, replace_dir, save_arrays,
+                        write_json)
 from .config import Config
-from .context import checkpoint_dir
+from .context import checkpoint_dir, staging_dir
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .metric import samples_f1
@@ -58,11 +59,14 @@ def _content_or_none(path: Path) -> str | None:
         return None
 
 
+RECORD = "fold.json"
+
+
 def record_path(cfg: Config, model: str, k: int) -> Path:
-    return checkpoint_dir(cfg, model, k) / "fold.json"
+    return checkpoint_dir(cfg, model, k) / RECORD
 
 
-RECORD_SKIPS = ("last.pt", "fold.json")  # resume state and the record itself: not what predict loads
+RECORD_SKIPS = ("last.pt", RECORD)  # resume state and the record itself: not what predict loads
 
 
 def weight_files(ckpt_dir: Path) -> dict[str, str]:
@@ -81,8 +85,9 @@ def features_path(cfg: Config, model: str, k: int) -> Path:
 
 def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: FoldOutput, prov: dict,
               train_idx: np.ndarray) -> None:
-    """Features, then OOF + test probabilities, then the checkpoint record: a fold counts as done only when
-    its probabilities exist, and predict trusts a checkpoint only when its record exists."""
+    """Features, then OOF + test probabilities, then the checkpoint record in the staging folder, which then
+    replaces the fold's checkpoint folder: a fold counts as done only when its record names its probabilities,
+    and until then predict keeps using the fold trained before."""
     ids = comp.train["ImageID"].to_numpy(dtype=str)
     test_ids = comp.test["ImageID"].to_numpy(dtype=str)
     features = None
@@ -95,11 +100,12 @@ def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: F
     content = save_arrays(oof_path(cfg, model, k), meta, val_ids=ids[val_idx], val_probs=out.val_probs.astype(np.float32),
                           test_ids=test_ids, test_probs=out.test_probs.astype(np.float32))
     write_json(oof_path(cfg, model, k).with_suffix(".json"), {**meta, "content": content})  # for people
-    ckpt = checkpoint_dir(cfg, model, k)
-    ckpt.mkdir(parents=True, exist_ok=True)
-    write_json(record_path(cfg, model, k), {"model": model, "kind": kind_of(cfg, model), "fold": k,
-                                            "config": resolve(cfg, model).cfg.to_dict(), "provenance": prov,
-                                            "oof": content, "features": features, "files": weight_files(ckpt)})
+    save_model_config(cfg, model)
+    staged = staging_dir(cfg, model, k)
+    write_json(staged / RECORD, {"model": model, "kind": kind_of(cfg, model), "fold": k,
+                                 "config": resolve(cfg, model).cfg.to_dict(), "provenance": prov, "oof": content,
+                                 "features": features, "files": weight_files(staged)})
+    replace_dir(staged, checkpoint_dir(cfg, model, k))  # the finished fold, whole, in place of the one before
 
 
 def save_model_config(cfg: Config, model: str) -> None:

@@ -4,7 +4,7 @@ Every fold model is rebuilt from its checkpoint record (checkpoints/<model>/fold
 resolved config it was trained with, its provenance and the hashes of its OOF arrays and weight files),
 and used only when the record matches what `tune` blended. So on the training run's own test.csv,
 `predict` writes exactly the submission `submit` writes, and otherwise refuses in one line.
-Only data_dir, out_dir, device and num_workers come from this run.
+Only data_dir, out_dir, device and num_workers (and batch_size when given) come from this run.
 """
 from __future__ import annotations
 
@@ -53,11 +53,13 @@ def _tuned_oof(cfg: Config, blend: dict, model: str, k: int) -> np.ndarray:
 
 def recorded_model(cfg: Config, record: dict) -> Model:
     """The model a fold record describes, rebuilt from the record alone (its kind and the config it trained
-    with, with this run's runtime keys), whatever today's defaults or variants file say."""
+    with, with this run's runtime keys and its batch_size when given), whatever today's defaults or variants
+    file say."""
     kind = record.get("kind", BUILTINS.get(record["model"]))  # records of earlier versions name built-ins only
-    trained = config_from_dict(record["config"])
-    fcfg = dataclasses.replace(trained, **{key: getattr(cfg, key) for key in RUNTIME_KEYS})
-    return Model(record["model"], kind, REGISTRY[kind], fcfg)
+    runtime = {key: getattr(cfg, key) for key in RUNTIME_KEYS}
+    if cfg.batch_size is not None:  # a smaller batch gets past a GPU out of memory; predictions move in the last bits at most
+        runtime["batch_size"] = cfg.batch_size
+    return Model(record["model"], kind, REGISTRY[kind], dataclasses.replace(config_from_dict(record["config"]), **runtime))
 
 
 def _fold_models(cfg: Config, blend: dict, k: int) -> dict[str, tuple[dict, Model]]:

@@ -1,12 +1,12 @@
 """Stage 2: for each selected model and fold, train on the other folds and save OOF + test predictions.
 
 Finished folds whose provenance matches are skipped (force=true retrains); an interrupted fold resumes
-from its last finished epoch.
+from its last finished epoch. A fold trains in its staging folder and replaces the finished one only when
+done (oof.save_fold), so a retrain that is cut short leaves the fold trained before in use.
 """
 from __future__ import annotations
 
 import contextlib
-import shutil
 import time
 
 
@@ -18,7 +18,7 @@ from .folds import make_folds
 from .images import report_skipped
 from .metric import samples_f1
 from .models import training_order
-from .oof import collect_oof, fold_done, provenance, record_path, save_fold, save_model_config
+from .oof import collect_oof, fold_done, provenance, save_fold
 from .variants import describe
 from .trainer import seed_everything
 
@@ -62,12 +62,11 @@ def train(cfg: Config, comp: Competition) -> None:
     if main:
         save_config(cfg, cfg.out / "oof" / "config.json")
     for model in order:
-        if main:
-            save_model_config(cfg, model.name)
         for k in cfg.fold:
             distributed.barrier()  # every rank sees the same finished folds
             prov = provenance(cfg, comp, model.name, k)  # per fold: a stack's depends on its upstream fold's features
-            job = FoldJob(model.cfg, comp, fold_of_row, k, model.name, prov, stores[model.name], run_cfg=cfg)
+            job = FoldJob(model.cfg, comp, fold_of_row, k, model.name, prov, stores[model.name], run_cfg=cfg,
+                          training=True)
             if fold_done(cfg, comp, model.name, k, prov):
                 if not cfg.force:
                     log.info(f"{job.label}: already trained with these data, folds and settings; skipping "
@@ -75,12 +74,6 @@ def train(cfg: Config, comp: Competition) -> None:
                     continue
             if not (model.spec.together or main):
                 continue
-            if main:
-                if cfg.force and job.ckpt_dir.exists():
-                    shutil.rmtree(job.ckpt_dir)
-                record_path(cfg, model.name, k).unlink(missing_ok=True)  # until this fold finishes, predict refuses it
-            if model.spec.together:
-                distributed.barrier()  # rank 0 has cleared what force=true retrains
             seed_everything(model.cfg.seed * 100 + k)
             start = time.time()
             with contextlib.nullcontext() if model.spec.together else distributed.alone():

@@ -18,7 +18,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import distributed, log
-from .artefacts import atomic_path
+from .artefacts import atomic_file
 from .context import FoldJob
 from .errors import UserError
 from .metric import samples_f1
@@ -71,8 +71,10 @@ def _to(inputs, device, channels_last: bool):
 
 
 def save_checkpoint(path, obj: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    """Through a file object, not a path: torch's own writer reports a full disk as a RuntimeError without
+    the system's reason, while atomic_file gives one line naming the file and the reason."""
+    with atomic_file(path) as fh:
+        torch.save(obj, fh)
 
 
 def load_checkpoint(path) -> dict:
@@ -119,15 +121,16 @@ def _make_scheduler(cfg, optimizer, epochs: int):
 
 @torch.no_grad()
 def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False,
-            desc: str = "predict") -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and pooled features for every row of `loader`, in loader order."""
+            desc: str = "predict", batch: BatchSetting | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities and pooled features for every row of `loader`, in loader order; a CUDA out-of-memory
+    error ends in one line (`batch` names the setting that sizes the loader's batches)."""
     net.to(device).eval()
     channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     dtype = autocast_dtype(device)
-    probs, feats = [], []
-    for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=_quiet()):
+
+    def forward(inputs):
         inputs = _to(inputs, device, channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             f = net.embed(*inputs).float()
@@ -136,12 +139,75 @@ def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False
                 f2 = net.embed(*[x.flip(-1) if x.dim() == 4 else x for x in inputs]).float()  # images only
                 p = (p + torch.sigmoid(net.head(f2).float())) / 2
                 f = (f + f2) / 2
-        probs.append(p.cpu().numpy())
-        feats.append(f.cpu().numpy())
+        return p.cpu().numpy(), f.cpu().numpy()
+
+    probs, feats = [], []
+    for inputs, _ in tqdm(loader, desc=desc, unit="batch", leave=False, dynamic_ncols=True, disable=_quiet()):
+        out = _unless_out_of_memory(lambda: forward(inputs))
+        if out is OUT_OF_MEMORY:
+            raise out_of_memory(desc, batch or BatchSetting("batch_size", loader.batch_size), len(inputs[0]), device,
+                                lambda n: forward([x[:n] for x in inputs]))
+        probs.append(out[0])
+        feats.append(out[1])
     probs, feats = np.concatenate(probs or [np.zeros((0, 18), np.float32)]), np.concatenate(feats or [np.zeros(0)])
     if isinstance(loader.dataset, RankShard):  # this rank predicted its share: every rank gets all rows, in order
         probs, feats = distributed.gather_rows(probs, feats)
     return probs, feats.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class BatchSetting:
+    """The setting that sizes a network's batches, for the line a CUDA out-of-memory error ends in."""
+
+    key: str  # what the user lowers: image.batch_size, or batch_size (every network; what predict takes)
+    value: int
+    context: str = ""  # the other settings that bear on memory, e.g. "image.model=resnet50, image.size=224"
+
+
+OUT_OF_MEMORY = object()
+
+
+def _unless_out_of_memory(step):
+    """step()'s result, or OUT_OF_MEMORY when CUDA ran out: returned, not raised, so that the failed step's
+    tensors (held by the exception's traceback) are freed before anything else runs."""
+    try:
+        return step()
+    except torch.cuda.OutOfMemoryError:
+        return OUT_OF_MEMORY
+
+
+def largest_fitting(step, rows: int) -> int:
+    """The largest of rows/2, rows/4, ..., 1 for which step(n) runs without a CUDA out-of-memory error, each
+    try from freed memory; 0 when not even one row fits."""
+    n = rows // 2
+    while n >= 1:
+        torch.cuda.empty_cache()
+        if _unless_out_of_memory(lambda: step(n)) is not OUT_OF_MEMORY:
+            return n
+        n //= 2
+    return 0
+
+
+def gpu_memory(device: torch.device) -> str:
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name} ({props.total_memory / 2**30:.1f} GiB)"
+
+
+def out_of_memory(label: str, batch: BatchSetting, rows: int, device: torch.device, step) -> UserError:
+    """The one line for a CUDA out-of-memory error at `rows` rows per batch, with a `batch.key` that fits:
+    probed by step(n) at halved batches (one step each; not in a DDP run, where a lone rank's step would wait
+    for the others), and scaled from rows (this process's batch) to the setting."""
+    torch.cuda.empty_cache()
+    fits = 0 if distributed.active() else largest_fitting(step, rows)
+    if fits:
+        fix = f"{fits} rows fit (one step tried): rerun with {batch.key}={max(1, batch.value * fits // rows)}"
+    elif distributed.active():
+        fix = f"rerun with {batch.key}={max(1, batch.value // 2)} (not probed in a several-process run)"
+    else:
+        fix = "not even 1 row fits: choose a smaller model or image.size, or device=cpu"
+    context = f", {batch.context}" if batch.context else ""
+    return UserError(f"{label}: CUDA out of memory at {rows} rows per batch ({batch.key}={batch.value}{context}) "
+                     f"on {gpu_memory(device)}; {fix}; finished folds and epochs are kept")
 
 
 def _quiet() -> bool | None:
@@ -225,15 +291,19 @@ class LossTally:
 
 
 def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
-        loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows", augment=None) -> FitResult:
+        loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows", augment=None,
+        batch: BatchSetting | None = None) -> FitResult:
     """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches.
 
     In a DDP run (several ranks, loaders made with split=True) every rank steps on its share of each global
     batch and the gradients are averaged; on CUDA BatchNorm becomes SyncBatchNorm, so a step equals the
     one-process step on the whole batch. On the CPU (gloo, for tests) BatchNorm keeps per-rank statistics,
     averaged over the ranks after each epoch. Rank 0 alone writes checkpoints; the early-stopping decision
-    is rank 0's, broadcast. Every epoch reseeds all RNGs from (seed, fold, epoch, rank): resume is exact."""
+    is rank 0's, broadcast. Every epoch reseeds all RNGs from (seed, fold, epoch, rank): resume is exact.
+    A CUDA out-of-memory error ends in one line naming `batch` (the setting that sizes train_loader's batches)
+    and a batch that fits; the same command later resumes after the last finished epoch."""
     cfg = job.cfg
+    batch = batch or BatchSetting("batch_size", train_loader.batch_size * distributed.world())
     device = training_device(cfg)
     ddp = distributed.active()
     if ddp and device.type == "cuda":
@@ -281,15 +351,20 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         with tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True,
                   leave=False, disable=_quiet()) as bar:
             for step, (inputs, target) in enumerate(train_loader, start=1):
-                loss = train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device, forward,
-                                  augment)
+                def train_rows(n=None):
+                    return train_step(net, [x[:n] for x in inputs], target[:n], loss_fn, optimizer, scaler,
+                                      cfg.grad_clip, device, forward, augment)
+
+                loss = _unless_out_of_memory(train_rows)
+                if loss is OUT_OF_MEMORY:
+                    raise out_of_memory(job.label, batch, len(target), device, train_rows)
                 bar.update(len(target) * distributed.world())
                 if tally.add(step, loss, len(target)):
                     bar.set_postfix(loss=f"{tally.mean:.4f}")
             tally.check()
         train_seconds = time.time() - start
         distributed.average_buffers(net)
-        probs, _ = predict(net, stop_loader, device, desc=f"{job.label} validate")
+        probs, _ = predict(net, stop_loader, device, desc=f"{job.label} validate", batch=batch)
         y = torch.from_numpy(y_stop.astype(np.float32))
         val_loss = float(loss_fn.cpu()(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)), y))
         loss_fn.to(device)

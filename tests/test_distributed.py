@@ -68,8 +68,9 @@ def start_background(root: Path, start) -> dict:
     data = make_dataset(root / "data", n_train=48, n_test=10, size=(40, 32))
     common = [f"data_dir={data}", *TINY, "fold=0", "image.epochs=3", "patience=10"]
     two: dict = {}
-    thread = threading.Thread(target=_kill_then_resume, daemon=True, args=(
-        [f"out_dir={root / 'two'}", *common, "gpus=2"], root / "two" / "checkpoints" / "resnet50" / "fold0" / "last.pt", two))
+    last = root / "two" / "checkpoints" / "resnet50" / "fold0.partial" / "last.pt"  # where an unfinished fold trains
+    thread = threading.Thread(target=_kill_then_resume, daemon=True,
+                              args=([f"out_dir={root / 'two'}", *common, "gpus=2"], last, two))
     thread.start()
     return {"root": root, "one": start("train", f"out_dir={root / 'one'}", *common), "two": two, "two_thread": thread}
 

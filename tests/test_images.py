@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import solution.cache as cache_module
 import solution.images as images
 from solution.errors import UserError
 from solution.images import CACHE_SCALE, ImageStore, load_rgb, to_rgb
@@ -379,7 +380,7 @@ def test_a_file_system_without_locks_is_a_user_error(tmp_path, monkeypatch):
     def no_locks(fd, op):
         raise OSError(37, "No locks available")
 
-    monkeypatch.setattr(images.fcntl, "flock", no_locks)
+    monkeypatch.setattr(cache_module.fcntl, "flock", no_locks)
     store = ImageStore(tmp_path / "cache", SIDE)
     with pytest.raises(UserError, match="images_64.lock.*No locks available.*image.cache=false"):
         store.prepare([solid(tmp_path / "a.jpg", (1, 2, 3))], workers=0, skip_bad=False)

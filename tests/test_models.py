@@ -256,7 +256,7 @@ def test_an_unreadable_last_checkpoint_restarts_the_fold(tmp_path, monkeypatch):
     make_dataset(tmp_path / "data", n_train=60, n_test=10, images=False)
     args = [f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "fold=0", "models=bilstm", *FAST,
             "text.epochs=2"]
-    last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0" / "last.pt"
+    last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0.partial" / "last.pt"  # where an unfinished fold trains
     last.parent.mkdir(parents=True)
     last.write_bytes(b"PK\x03\x04 truncated")
     messages = []

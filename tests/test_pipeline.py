@@ -274,7 +274,7 @@ def test_kill_during_training_then_resume(tmp_path):
     make_dataset(tmp_path / "data", n_train=400, n_test=20, images=False)
     args = ["train", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=bilstm", "n_folds=2",
             "fold=0", "num_workers=0", "text.epochs=15", "patience=100", "text.batch_size=8"]
-    last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0" / "last.pt"
+    last = tmp_path / "out" / "checkpoints" / "bilstm" / "fold0.partial" / "last.pt"  # where an unfinished fold trains
     proc = subprocess.Popen([sys.executable, "-m", "solution", *args], cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
@@ -292,6 +292,47 @@ def test_kill_during_training_then_resume(tmp_path):
     assert f"epoch {first_epoch + 1}/15" in resumed.stderr and "epoch 1/15:" not in resumed.stderr
     assert (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
     assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+@pytest.mark.parametrize("retrain", ["force=true", "text.hidden=8"], ids=["force", "changed-settings"])
+def test_a_retrain_cut_short_leaves_the_finished_fold_to_predict_until_the_new_one_is_done(tmp_path, capsys, monkeypatch,
+                                                                                          retrain):
+    """A retrain trains in checkpoints/<model>/fold<k>.partial/ and replaces the finished fold only once it is
+    complete: killed after an epoch, predict still writes the submission it wrote before, and the same
+    command resumes the retrain and completes it."""
+    import solution.trainer as trainer
+
+    make_dataset(tmp_path / "data", n_train=40, n_test=8, images=False)
+    out = tmp_path / "out"
+    common = [f"data_dir={tmp_path / 'data'}", f"out_dir={out}", "models=bilstm", "n_folds=2", "num_workers=0",
+              "text.vectors=none", "text.epochs=3", "patience=10", "tune.trials=2", "tune.threshold_trials=2"]
+    for stage in ("train", "tune", "submit"):
+        _in_process(stage, *common)
+    submission, finished = out / "submissions" / "submission.csv", out / "checkpoints" / "bilstm" / "fold0"
+    submitted, record = submission.read_text(), json.loads((finished / "fold.json").read_text())
+    real_save = trainer.save_checkpoint
+
+    def killed_after_epoch_1(path, obj):
+        real_save(path, obj)
+        if path.name == "last.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "save_checkpoint", killed_after_epoch_1)
+    assert cli_main(["train", *common, "fold=0", retrain]) == 130
+    monkeypatch.setattr(trainer, "save_checkpoint", real_save)
+    assert json.loads((finished / "fold.json").read_text()) == record
+    submission.unlink()
+    _in_process("predict", *common[:2], "num_workers=0")
+    assert submission.read_text() == submitted
+    capsys.readouterr()
+    _in_process("train", *common, "fold=0", retrain)
+    assert "bilstm fold 0: resuming after epoch 1" in capsys.readouterr().err
+    assert not finished.with_name("fold0.partial").exists() and not finished.with_name("fold0.old").exists()
+    retrained = json.loads((finished / "fold.json").read_text())
+    if retrain == "force=true":  # the same settings and seed: the same fold again
+        assert retrained["oof"] == record["oof"] and retrained["files"] == record["files"]
+    else:
+        assert retrained["config"]["text"]["hidden"] == 8 and retrained["oof"] != record["oof"]
 
 
 def test_fold_outside_range_is_one_line_naming_fold(tmp_path):

@@ -16,7 +16,7 @@ from ..images import CACHE_SCALE, ImageStore
 from ..labels import N_LABELS
 from ..losses import make_loss
 from ..pretrained import PACKAGED, check_architecture, load_packaged, offline_weights, pip_name
-from ..trainer import fit, make_loader, predict, resolve_device
+from ..trainer import BatchSetting, fit, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
@@ -258,7 +258,16 @@ def eval_loader(job: FoldJob, net: nn.Module, frame, y=None, tokens: np.ndarray 
 def eval_probs(job: FoldJob, net: nn.Module, frame, device, tokens: np.ndarray | None = None):
     """Probabilities and pooled features of `frame`'s rows (tokens: their caption ids, for two-input nets)."""
     return predict(net, eval_loader(job, net, frame, None, tokens), device, tta_flip=job.cfg.image.tta,
-                   desc=f"{job.label} predict")
+                   desc=f"{job.label} predict", batch=batch_setting(job))
+
+
+def batch_setting(job: FoldJob) -> BatchSetting:
+    """What sizes an image network's batches, for the line a CUDA out-of-memory error ends in: image.batch_size
+    in training (batch_size when that override is set), batch_size in predict (which takes it from the run)."""
+    cfg = job.cfg
+    key = "image.batch_size" if job.training and cfg.batch_size is None else "batch_size"
+    return BatchSetting(key, cfg.network_batch(cfg.image.batch_size),
+                        f"image.model={cfg.image.model}, image.size={cfg.image.size}")
 
 
 def backbone_lr(cfg) -> float:
@@ -280,7 +289,7 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     stop_loader = eval_loader(job, net, comp.train.iloc[job.stop_idx], comp.y[job.stop_idx], rows(job.stop_idx))
     result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
                  make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img",
-                 augment=device_augment(cfg))
+                 augment=device_augment(cfg), batch=batch_setting(job))
     val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))
     test_probs, test_feats = eval_probs(job, net, comp.test, device, test_tokens)
     feats = None

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Issue 15's table: real COCO photos (../shared/data/coco-mini: 97 labelled, 62 unlabelled), 5 folds, nested
+# samples-F1 (expected_f1 decision) and the wall time of each command, for
+#   1. embed: frozen EfficientNet-Lite0 (the efficientnet-lite0 package's ImageNet weights), an MLP head per fold;
+#   2. the image kind fine-tuning the same network from the same weights;
+#   3. the same fine-tuning from random weights;
+#   4. the frequency baseline: every row gets the label set most common in its training folds.
+# Usage: bash bench/coco_mini.sh [WORK_DIR]   (PYTHON defaults to .venv/bin/python; about 20 min on 2 CPU cores)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-.venv/bin/python}"
+data="${DATA_DIR:-../shared/data/coco-mini}"
+work="${1:-$(mktemp -d)}"
+export TQDM_DISABLE=1 PYTHONUNBUFFERED=1
+common=(data_dir="$data" n_folds=5 num_workers=auto)
+image=(image.model=tf_efficientnet_lite0 image.size=224 image.epochs=12 image.batch_size=16 patience=4)
+
+timed() {  # timed NAME ARGS...: one `all` run into $work/NAME, its wall time in $work/NAME.seconds
+  local name="$1" start="$SECONDS"
+  shift
+  "$PYTHON" -m solution all "${common[@]}" out_dir="$work/$name" "$@" > "$work/$name.log" 2>&1
+  echo "$((SECONDS - start))" > "$work/$name.seconds"
+}
+
+timed embed models=embed
+timed finetuned models=resnet50 "${image[@]}" image.weights=efficientnet-lite0
+timed random models=resnet50 "${image[@]}" image.pretrained=false
+
+"$PYTHON" - "$work" "$data" <<'EOF'
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from solution.data import load_competition
+from solution.folds import read_folds
+from solution.config import build_config
+from solution.metric import per_row_f1_binary
+
+work, data = Path(sys.argv[1]), sys.argv[2]
+cfg = build_config([f"data_dir={data}", f"out_dir={work / 'embed'}", "n_folds=5"])
+comp = load_competition(data)
+fold = read_folds(cfg, comp)
+rows = np.zeros(len(comp.y))
+for k in range(cfg.n_folds):  # nested: the label set most common in the other folds, scored on fold k
+    common = Counter(map(tuple, comp.y[fold != k])).most_common(1)[0][0]
+    rows[fold == k] = per_row_f1_binary(comp.y[fold == k], np.tile(np.array(common, bool), ((fold == k).sum(), 1)))
+print(f"rows: {len(comp.y)} labelled, {len(comp.test)} test; folds of {np.bincount(fold).tolist()} rows")
+print("| model | nested samples-F1 (expected_f1) | 95% interval | wall time |")
+print("|---|---|---|---|")
+for name, label in (("embed", "embed: frozen EfficientNet-Lite0 + MLP head"),
+                    ("finetuned", "image: EfficientNet-Lite0 fine-tuned from its ImageNet weights"),
+                    ("random", "image: the same network fine-tuned from random weights")):
+    blend = json.loads((work / name / "oof" / "blend.json").read_text())
+    ci = blend.get("intervals", {}).get("blend") or blend["f1"].get("samples_f1_nested_ci")
+    shown = f"{ci[0]:.3f} to {ci[1]:.3f}" if ci else "—"
+    seconds = int((work / f"{name}.seconds").read_text())
+    print(f"| {label} | {blend['f1']['samples_f1_nested']:.4f} | {shown} | {seconds // 60} min {seconds % 60:02d} s |")
+se = rows.std(ddof=1) / np.sqrt(len(rows))
+print(f"| frequency baseline: the most common label set of the training folds | {rows.mean():.4f} | "
+      f"{rows.mean() - 1.96 * se:.3f} to {rows.mean() + 1.96 * se:.3f} (normal) | — |")
+EOF
