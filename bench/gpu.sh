@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Issue 11's GPU figures, appended to BENCHMARKS.md, on a CUDA machine: `bash bench/gpu.sh`. Expected 4 to 6 min
-# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 8 min 30 s.
+# (an estimate: not yet run on a GPU); no step runs past its limit, and the limits add up to 9 min 30 s.
 #   1. ResNet50 @ 224, bf16, channels_last: train and inference img/s with and without the cache, the loader
 #      ceiling (1 worker and num_workers=auto) and the GPU alone (./run.sh bench device=cuda);
 #   2. the same with image.compile=true, and with image.gpu_aug=true (crop and flip on the GPU);
 #   3. end to end: ResNet50 (random init) trained on fold 0 of 1,200 synthetic 400x300 JPEGs for 2 epochs,
 #      the last epoch's training img/s as the log reports it, on 1 GPU and, with 2 or more GPUs, gpus=2 (DDP);
-#   4. MiniLM on fold 0 of the real captions, frozen and fine-tuned (text.finetune=true), and their fold-0
+#   4. a frozen CLIP ViT-B/16 embedding pass (the embed kind), or a "skipped: no weights" row without network;
+#   5. MiniLM on fold 0 of the real captions, frozen and fine-tuned (text.finetune=true), and their fold-0
 #      samples-F1 at 0.5 as one row of a table in BENCHMARKS.md (skipped when DATA_DIR has no train.csv).
 # PYTHON (default: .venv/bin/python if present, else python3) runs the project; DATA_DIR defaults to
 # ../shared/data/comp5329. The log goes to $OUT if set, else bench/out/, with a copy of BENCHMARKS.md.
@@ -49,6 +50,23 @@ step 90 "ResNet50 @ 224 bench (cache, no cache, loader ceiling, GPU alone)" "$PY
 step 100 "the same with image.compile=true" "$PYTHON" -m solution bench device=cuda image.compile=true bench.images=1024
 step 60 "the same with the augmentation on the GPU (image.gpu_aug=true)" "$PYTHON" -m solution bench device=cuda \
   image.gpu_aug=true bench.images=1024
+step 60 "frozen CLIP ViT-B/16 embedding rate (its weights from the network or the HF cache)" "$PYTHON" - "$work" <<'PY'
+"""One row of the embedding table: 1,024 synthetic JPEGs embedded (with their flips) by the CLIP ViT-B/16 image
+tower, or 'skipped: no weights' when this machine can neither download nor find them."""
+import sys
+from pathlib import Path
+
+import torch
+
+from solution.bench import _synthetic, embedding_row
+from solution.config import build_config
+
+work = Path(sys.argv[1])
+overrides = ["device=cuda", "embed.model=vit_base_patch16_clip_224.openai", "embed.batch_size=256"]
+cfg = build_config(overrides)
+paths = _synthetic(work / "embed-data", 1024, cfg.seed, cfg.worker_count())
+embedding_row(cfg, overrides, paths, work / "embed-out", torch.device("cuda"))
+PY
 gpus="$(nvidia-smi -L | wc -l)"
 step 90 "end-to-end training rate, 1 GPU$([ "$gpus" -ge 2 ] && echo ' and 2 GPUs (DDP)')" "$PYTHON" - "$work" "$gpu" "$gpus" <<'PY'
 """Train resnet50 on fold 0 of a synthetic set (1 GPU, then gpus=2 when there are two) and put the last epoch's

@@ -174,11 +174,10 @@ def bench(cfg: Config, overrides: list[str]) -> None:
             rows.append(("GPU only (batches made on the device)", _timed_train(cfg, net, fake, device),
                          _timed_infer(net, [((torch.cat([x, x]),), None)] * max(8, n // bs), device), 0.0))
             log.info(f"bench GPU only: train {rows[-1][1]:.1f} img/s, inference {rows[-1][2]:.1f} img/s")
-        embedded = _embed_rate(cfg, paths, work / "out")
+        _write(cfg, overrides, rows, device, n, bs)
+        embedding_row(cfg, overrides, paths, work / "out", device)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _write(cfg, overrides, rows, device, n, bs)
-    _write_embed_rate(cfg, overrides, device, n, *embedded)
     _write_search_time(cfg, overrides, _search_seconds(cfg))
 
 
@@ -199,14 +198,27 @@ def _embed_rate(cfg: Config, paths: list[Path], out: Path) -> tuple[int, float]:
     return prep["side"], rate
 
 
-def _write_embed_rate(cfg: Config, overrides: list[str], device, n: int, side: int, rate: float) -> None:
+def embedding_row(cfg: Config, overrides: list[str], paths: list[Path], out: Path, device) -> None:
+    """One row of the embedding table: the rate of embed.model, or "skipped: no weights" (and no figure) when
+    its weights cannot be had here (no network, no cache, no package)."""
+    from .errors import UserError
+
+    try:
+        side, rate = _embed_rate(cfg, paths, out)
+    except UserError as err:
+        log.warn(f"bench embed {cfg.embed.model}: skipped ({err})")
+        side, rate = None, None
+    _write_embed_rate(cfg, overrides, device, len(paths), side, rate)
+
+
+def _write_embed_rate(cfg: Config, overrides: list[str], device, n: int, side: int | None, rate: float | None) -> None:
     _add_rows(cfg, EMBED_START, EMBED_END, "Frozen embedding throughput (`./run.sh bench`)",
               "The `embed` kind's one pass over the images: each synthetic 640x480 JPEG decoded, checked, cropped to "
               "the backbone's input and embedded (twice with embed.flip), from a cold start of the pass.",
               "| date | machine | command | backbone @ side, batch | flip | images | img/s |",
               f"| {time.strftime('%Y-%m-%d')} | {machine()} ({device.type}, {cfg.worker_count()} workers) | "
-              f"`{_command(overrides)}` | {cfg.embed.model} @ {side}, {cfg.embed.batch_size} | "
-              f"{'yes' if cfg.embed.flip else 'no'} | {n} | {rate:.1f} |\n")
+              f"`{_command(overrides)}` | {cfg.embed.model} @ {side or '—'}, {cfg.embed.batch_size} | "
+              f"{'yes' if cfg.embed.flip else 'no'} | {n} | {'skipped: no weights' if rate is None else f'{rate:.1f}'} |\n")
 
 
 def _search_seconds(cfg: Config) -> float:
