@@ -107,8 +107,11 @@ def make_dataset(root: Path, n_train: int = 1000, n_test: int = 300, seed: int =
     return root
 
 
-# The demo's own defaults: a small backbone from random weights, so it runs on a laptop CPU in minutes.
-DEMO_DEFAULTS = ["data_dir=demo/data", "out_dir=demo", "models=resnet50,bilstm,tfidf,minilm,fusion",
+# The demo's own defaults, so it runs on a laptop CPU in minutes: two image models, a small backbone fine-tuned
+# from random weights (the resnet50 slot) and a frozen EfficientNet-Lite0 with its ImageNet weights (a variant of
+# the embed kind, at 128 px without flips), beside the caption models and the fusion head.
+DEMO_DEFAULTS = ["data_dir=demo/data", "out_dir=demo", "models=resnet50,lite0,bilstm,tfidf,minilm,fusion",
+                 "variant.lite0.kind=embed", "variant.lite0.embed.size=128", "variant.lite0.embed.flip=false",
                  "image.model=test_resnet", "image.size=64", "image.pretrained=false", "image.epochs=12",
                  "image.batch_size=32", "image.lr=3e-3", "text.epochs=20",
                  "text.batch_size=32", "fusion.epochs=30", "fusion.batch_size=64", "patience=4", "num_workers=0",
