@@ -94,16 +94,35 @@ class FusionConfig:
 
 # How blended probabilities become label sets (tune.decision); tune and report loop over both.
 DECISIONS = ("thresholds", "expected_f1")
+SEARCHES = ("greedy", "optuna", "optuna_global")  # how tune searches blend weights (tune.search)
 
 
 @dataclass
 class TuneConfig:
-    trials: int = _opt(150, "Optuna trials for the blend weights")
+    search: str = _opt("greedy", "how blend weights are searched: greedy forward selection with replacement, or Optuna "
+                                 "TPE (tune.trials trials), each candidate scored under tune.decision; optuna_global = "
+                                 "TPE scored at each trial's best global threshold (the search before issue 14)", SEARCHES)
+    steps: int = _opt(50, "most model copies the greedy search adds (the finest weight step is 1/steps)")
+    trials: int = _opt(150, "Optuna trials for the blend weights (tune.search=optuna or optuna_global)")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
     decision: str = _opt("expected_f1", "how blended probabilities become labels: Optuna per-label thresholds, or per "
                                         "image the set with the highest expected F1 after Platt calibration", DECISIONS)
     models: list = _opt_factory(list, "models to blend (empty = the models in `models`)")
+
+
+@dataclass
+class ReportConfig:
+    resamples: int = _opt(2000, "bootstrap resamples behind every 95% interval that report and compare print (rows "
+                                "drawn with replacement within each fold)")
+    public_fraction: float = _opt(0.5, "share of test.csv the public leaderboard scores, for its noise (the host sets it "
+                                       "and it is not published here; 0.5 until the competition page says otherwise)")
+
+
+@dataclass
+class CompareConfig:
+    baseline: str = _opt("", "out_dir of the earlier run that ./run.sh compare holds out_dir against (same data, folds "
+                              "and rows)")
 
 
 @dataclass
@@ -145,6 +164,8 @@ class Config:
     text: TextConfig = field(default_factory=TextConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
     # ---- derived paths -------------------------------------------------------------------------
@@ -302,7 +323,8 @@ _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "p
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
-            "tune.trials": 1, "tune.threshold_trials": 1}
+            "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1,
+            "report.resamples": 100}
 _FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 1)
 
 
@@ -318,6 +340,8 @@ def validate(cfg: Config) -> None:
             raise UserError(f"bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
     if not 0 < cfg.holdout_fraction < 1:
         raise UserError(f"bad value for holdout_fraction: {cfg.holdout_fraction}; allowed: a number in (0, 1)")
+    if not 0 < cfg.report.public_fraction <= 1:
+        raise UserError(f"bad value for report.public_fraction: {cfg.report.public_fraction}; allowed: a number in (0, 1]")
     if cfg.n_folds < 2:
         raise UserError(f"bad value for n_folds: {cfg.n_folds}; allowed: an integer >= 2")
     bad = [k for k in cfg.fold if not 0 <= k < cfg.n_folds]
