@@ -103,6 +103,9 @@ class TuneConfig:
                                  "TPE (tune.trials trials), each candidate scored under tune.decision; optuna_global = "
                                  "TPE scored at each trial's best global threshold (the search before issue 14)", SEARCHES)
     steps: int = _opt(50, "most model copies the greedy search adds (the finest weight step is 1/steps)")
+    min_gain_se: float = _opt(2.0, "the greedy search adds a model copy only if the in-sample score rises by more than "
+                                   "this many standard errors of the per-row gain (0 = any gain); smaller gains fit "
+                                   "the OOF rows' noise")
     trials: int = _opt(150, "Optuna trials for the blend weights (tune.search=optuna or optuna_global)")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
@@ -323,7 +326,7 @@ _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "p
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
-            "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1,
+            "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1, "tune.min_gain_se": 0,
             "report.resamples": 100}
 _FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 1)
 

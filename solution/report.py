@@ -170,8 +170,7 @@ def _table(out: dict) -> str:
         rows.append((name, f"{e['samples_f1_at_0.5']:.4f}", f"{e['samples_f1_tuned']:.4f}", stats.text(e["nested_95"]),
                      f"{e['samples_f1_tuned'] - e['samples_f1_nested']:+.4f}", against, f"{e['micro_f1']:.4f}",
                      f"{e['macro_f1']:.4f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return log.columns(rows)
 
 
 def _leaderboard(out: dict) -> str:

@@ -23,7 +23,7 @@ from .data import Competition
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .labels import LABELS, N_LABELS
-from .metric import binarize, expected_f1_sets, per_row_f1_binary, samples_f1, samples_f1_binary
+from .metric import binarize, expected_f1_sets, per_row_f1, per_row_f1_binary, samples_f1, samples_f1_binary
 from .oof import collect_oof, oof_contents, settings_hash
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
@@ -174,14 +174,14 @@ def _sampler(seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
 
 
-def candidate_score(decision: str) -> Callable[[np.ndarray, np.ndarray], float]:
-    """samples-F1 of blended probabilities under `decision`, its parameters fitted on the same rows: what the
-    weight search maximises. expected_f1 is scored exactly (Platt calibration fitted, then each row's best set);
-    thresholds at the candidate's best global threshold, as per-label thresholds would cost 450 Optuna trials a
-    candidate (they are fitted once, on the chosen blend)."""
+def candidate_rows(decision: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Per-row F1 of blended probabilities under `decision`, its parameters fitted on the same rows: what the weight
+    search maximises (their mean) and tests gains on. expected_f1 is scored exactly (Platt calibration fitted, then
+    each row's best set); thresholds at the candidate's best global threshold, as per-label thresholds would cost
+    450 Optuna trials a candidate (they are fitted once, on the chosen blend)."""
     if decision == "thresholds":
-        return lambda y, probs: best_global_threshold(y, probs)[1]
-    return lambda y, probs: samples_f1_binary(y, expected_f1_sets(calibrate(probs, fit_calibration(y, probs))))
+        return lambda y, probs: per_row_f1(y, probs, best_global_threshold(y, probs)[0])
+    return lambda y, probs: per_row_f1_binary(y, expected_f1_sets(calibrate(probs, fit_calibration(y, probs))))
 
 
 def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
@@ -190,31 +190,34 @@ def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
     n = stack.shape[0]
     if n == 1:
         return np.ones(1)
-    score = candidate_score("thresholds" if cfg.tune.search == "optuna_global" else cfg.tune.decision)
+    rows = candidate_rows("thresholds" if cfg.tune.search == "optuna_global" else cfg.tune.decision)
     exact = stack.astype(np.float64)  # combine() would cast the stack for every candidate; the cast is exact
 
-    def blend_score(w: np.ndarray) -> float:
-        return score(y, combine(exact, w))
+    def blend_rows(w: np.ndarray) -> np.ndarray:
+        return rows(y, combine(exact, w))
 
     if cfg.tune.search == "greedy":
-        return greedy_weights(blend_score, n, cfg.tune.steps)
-    return optuna_weights(blend_score, n, cfg.tune.trials, cfg.seed)
+        return greedy_weights(blend_rows, n, cfg.tune.steps, cfg.tune.min_gain_se)
+    return optuna_weights(lambda w: float(blend_rows(w).mean()), n, cfg.tune.trials, cfg.seed)
 
 
-def greedy_weights(blend_score: Callable[[np.ndarray], float], n: int, steps: int) -> np.ndarray:
+def greedy_weights(blend_rows: Callable[[np.ndarray], np.ndarray], n: int, steps: int, min_gain_se: float) -> np.ndarray:
     """Forward selection with replacement (Caruana et al. 2004): start from the best single model, then add one
-    copy at a time of the model whose addition scores best, while that raises the score; weights are the copies'
-    shares. Each step costs n candidates, so the search grows linearly with the model count, and a model that
-    adds nothing (a duplicate, a constant) is never taken unless it raises the in-sample score."""
+    copy at a time of the model whose addition scores best, while that raises the score by more than `min_gain_se`
+    standard errors of its per-row gain; weights are the copies' shares. Each step costs n candidates, so the
+    search grows linearly with the model count. A gain within the rows' noise is not taken: it would fit the OOF
+    rows, not the models, so a model that adds nothing (a duplicate, a constant) leaves the blend as it was."""
     add = np.eye(n)
-    counts, best = np.zeros(n), -np.inf
+    counts, current = np.zeros(n), None
     for _ in range(steps):
-        scores = [blend_score(counts + add[m]) for m in range(n)]
-        m = int(np.argmax(scores))  # the first model on ties
-        if scores[m] <= best:
-            break
+        candidates = [blend_rows(counts + add[m]) for m in range(n)]
+        m = int(np.argmax([c.mean() for c in candidates]))  # the first model on ties
+        if current is not None:
+            gain = candidates[m] - current
+            if gain.mean() <= min_gain_se * gain.std(ddof=1) / np.sqrt(len(gain)):
+                break
         counts[m] += 1
-        best = scores[m]
+        current = candidates[m]
     return counts / counts.sum()
 
 
