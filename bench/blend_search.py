@@ -8,7 +8,7 @@ from the prefix's best single model (same rows, 95% interval), and the seconds s
 
     .venv/bin/python bench/blend_search.py data_dir=D out_dir=O models=bilstm,tfidf,minilm \\
         --add /tmp/other_out:bilstm --add copy:minilm --add constant --add noisy:tfidf:0.5 \\
-        --sizes 3,6,9 --searches optuna_global,greedy [key=value ...]
+        --sizes 3,6,9 --search tune.search=optuna_global --search "tune.search=greedy tune.min_gain_se=0" [key=value ...]
 
 --add, in order:
   OUT_DIR:model   a model trained in another out_dir on the same data and folds (its oof/config.json has its settings)
@@ -59,7 +59,9 @@ def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--add", action="append", default=[], help="an extra model (see above); repeat in order")
     parser.add_argument("--sizes", default="", help="comma list of model counts (default: all the models)")
-    parser.add_argument("--searches", default="optuna_global,greedy", help=f"comma list of {', '.join(SEARCHES)}")
+    parser.add_argument("--search", action="append", default=[],
+                        help=f"the key=value settings of one search (space-separated; tune.search is one of "
+                             f"{', '.join(SEARCHES)}); repeat to compare (default: optuna_global, then greedy)")
     args, keys = parser.parse_known_args(argv)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = build_config(keys)
@@ -74,13 +76,13 @@ def main(argv: list[str]) -> None:
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [len(names)]
     if not all(1 <= size <= len(names) for size in sizes):
         raise UserError(f"--sizes {args.sizes}: each must be 1..{len(names)}, the models there are")
-    searches = args.searches.split(",")
+    searches = args.search or ["tune.search=optuna_global", "tune.search=greedy"]
     print(f"models in order: {', '.join(f'{i + 1}. {n}' for i, n in enumerate(names))}", file=sys.stderr)
     singles = {}
     for name in names[:max(sizes)]:
         singles[name] = evaluate(stack[name][None], comp.y, fold_of_row, cfg)
         print(f"{name}: nested {singles[name]['samples_f1_nested']:.4f}", file=sys.stderr)
-    print(f"| models | search | nested {cfg.tune.decision} [95%] | against {searches[0]} [95%] | against the best single "
+    print(f"| models | search | nested {cfg.tune.decision} [95%] | against `{searches[0]}` [95%] | against the best single "
           f"model [95%] | best single model | weight-search s ({cfg.n_folds + 1} fits) | tune s | weights |")
     print("|---" * 9 + "|")
     for size in sizes:
@@ -89,7 +91,7 @@ def main(argv: list[str]) -> None:
         runs = {}
         for search in searches:
             start = time.perf_counter()
-            runs[search] = evaluate(arrays, comp.y, fold_of_row, build_config([*keys, f"tune.search={search}"]))
+            runs[search] = evaluate(arrays, comp.y, fold_of_row, build_config([*keys, *search.split()]))
             runs[search]["seconds"] = time.perf_counter() - start
         series = {}
         for search, run in runs.items():
@@ -99,7 +101,7 @@ def main(argv: list[str]) -> None:
         noise = stats.summarise(series, fold_of_row, cfg.report.resamples, cfg.seed)
         for search, run in runs.items():
             weights = ", ".join(f"{n} {w:.2f}" for n, w in zip(names, run["tuned"].weights) if w > 0)
-            print(f"| {size} | {search} | {stats.text(noise[search])} | {stats.signed(noise[f'{search} - first'])} | "
+            print(f"| {size} | `{search}` | {stats.text(noise[search])} | {stats.signed(noise[f'{search} - first'])} | "
                   f"{stats.signed(noise[f'{search} - best'])} | {best} {singles[best]['samples_f1_nested']:.4f} | "
                   f"{run['search_seconds']:.1f} | {run['seconds']:.1f} | {weights} |", flush=True)
 

@@ -11,7 +11,7 @@ from .errors import UserError
 
 COMMANDS = {
     "train": "train the selected models on the selected folds (default command)",
-    "tune": "Optuna blend weights + per-label thresholds on OOF, with the nested-CV score",
+    "tune": "blend weights, per-label thresholds and calibration on OOF, with the nested-CV score",
     "submit": "write submissions/submission.csv from the tuned blend",
     "predict": "run saved fold models on data_dir's test.csv (no training) into a submission",
     "report": "write oof/report.md, report.json and figures",
@@ -55,6 +55,11 @@ def run(command: str, overrides: list[str]) -> None:
 
     # Bad data fails here, before anything is logged, so the user sees the one error line alone.
     comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo", "compare") else None
+    runs = None
+    if command == "compare":  # runs that do not pair fail here, before anything is logged
+        from .compare import paired_runs
+
+        runs = paired_runs(cfg)
     from . import distributed  # here, not above: it imports torch, and a bad key= fails without it
 
     if cfg.gpus > 1 and not distributed.launched():
@@ -83,7 +88,7 @@ def run(command: str, overrides: list[str]) -> None:
     if command == "compare":
         from .compare import compare
 
-        return compare(cfg)
+        return compare(cfg, runs)
     if command == "demo":
         from .demo import make_dataset
 

@@ -30,8 +30,9 @@ def _tuned_run(out: Path) -> tuple[dict, dict, dict]:
     return record, meta, arrays
 
 
-def compare(cfg: Config) -> dict:
-    """Per model in both runs, and for the blend: each run's nested score and the paired difference, with 95% intervals."""
+def paired_runs(cfg: Config) -> tuple[dict, dict, dict, dict]:
+    """(baseline record, its arrays, this run's record, its arrays), refused in one line unless both runs' tune
+    scored the same rows of the same data in the same folds. The CLI calls it before anything is logged."""
     if not cfg.compare.baseline:
         raise UserError("compare needs compare.baseline=<the out_dir of the earlier run>")
     old_dir, new_dir = Path(cfg.compare.baseline), cfg.out
@@ -45,6 +46,13 @@ def compare(cfg: Config) -> dict:
     if not np.array_equal(old_arrays["oof_ids"], new_arrays["oof_ids"]):
         raise UserError(f"compare: {old_dir} and {new_dir} scored other rows (their ImageIDs differ, e.g. limit=); "
                         "only runs on the same rows pair row by row")
+    return old, old_arrays, new, new_arrays
+
+
+def compare(cfg: Config, runs: tuple | None = None) -> dict:
+    """Per model in both runs, and for the blend: each run's nested score and the paired difference, with 95% intervals."""
+    old, old_arrays, new, new_arrays = runs or paired_runs(cfg)
+    old_dir, new_dir = Path(cfg.compare.baseline), cfg.out
     rows = {}
     for run, record, arrays in (("old", old, old_arrays), ("new", new, new_arrays)):
         rows[run] = dict(zip([*record["models"], "BLEND"], arrays["nested_f1"]))

@@ -81,7 +81,7 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(list(weights), list(weights.values()))
     ax.set_ylabel("weight")
-    ax.set_title("Blend weights (Optuna, OOF)")
+    ax.set_title("Blend weights (searched on OOF)")
     save(fig, "blend_weights.png")
     return made
 
@@ -196,8 +196,8 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
         f"Tuning the blend and its decision on all OOF rows and scoring the same rows gives {b['samples_f1_tuned']:.4f}, "
         f"which is optimistic by {b['samples_f1_tuned'] - b['samples_f1_nested']:+.4f}.", "",
         f"Folds: {cfg.n_folds}, seed {cfg.seed}. Early stopping watched {stop}. Blend: {b['blend']}. "
-        f"Decision: {b['decision']}.", "",
-        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = Optuna weights plus the decision's parameters "
+        f"Decision: {b['decision']}. Weight search: {b['search']}.", "",
+        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = searched weights plus the decision's parameters "
         "(per-label thresholds, or per-label calibration for expected_f1) fitted and scored on all OOF rows (in-sample); "
         "nested = fitted on the other folds' OOF, scored on fold k, averaged. "
         "Micro/macro and per-label figures use the in-sample tuned decision.", "",

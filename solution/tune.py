@@ -1,10 +1,12 @@
 """Stage 3: blend weights, per-label thresholds and calibration on OOF, and the honest nested-CV score.
 
 Two decisions turn blended probabilities into label sets (tune.decision): per-label thresholds found by
-Optuna, or per image the set with the highest expected F1 after per-label Platt calibration.
+Optuna, or per image the set with the highest expected F1 after per-label Platt calibration. Blend weights
+are searched (tune.search) with each candidate blend scored under that decision.
 In-sample tuning fits weights, thresholds and calibration on all OOF rows and scores them on the same
 rows, which is optimistic. The nested score fits them on the other folds' OOF, applies them to fold k,
-and averages over folds: nothing is ever scored on a row it was fitted on.
+and averages over folds: nothing is ever scored on a row it was fitted on. Each row's nested F1 is kept
+(blend.npz), so report and compare can say how much of a score, or of a difference, is row noise.
 """
 from __future__ import annotations
 
