@@ -19,14 +19,17 @@ def binarize(probs: np.ndarray, thresholds=0.5) -> np.ndarray:
 
 
 def _count_distributions(probs: np.ndarray) -> np.ndarray:
-    """out[:, k, a] = P(a of the first k columns are true), for independent Bernoulli columns (k = 0..n)."""
+    """out[k, :, a] = P(a of the first k columns are true), for independent Bernoulli columns (k = 0..n).
+
+    k comes first so that each step writes one contiguous block, and only counts 0..k+1 can be non-zero after k.
+    """
     rows, n = probs.shape
-    out = np.zeros((rows, n + 1, n + 1))
-    out[:, 0, 0] = 1.0
+    out = np.zeros((n + 1, rows, n + 1))
+    out[0, :, 0] = 1.0
     for k in range(n):
         p = probs[:, k:k + 1]
-        out[:, k + 1] = out[:, k] * (1 - p)
-        out[:, k + 1, 1:] += out[:, k, :-1] * p
+        out[k + 1, :, :k + 2] = out[k, :, :k + 2] * (1 - p)
+        out[k + 1, :, 1:k + 2] += out[k, :, :k + 1] * p
     return out
 
 
@@ -48,9 +51,9 @@ def expected_f1_sets(probs: np.ndarray, chunk: int = 1024) -> np.ndarray:
         p = probs[start:start + chunk]
         order = np.argsort(-p, axis=1, kind="stable")
         ranked = np.take_along_axis(p, order, axis=1)
-        top = _count_distributions(ranked)[:, 1:]  # top[:, k - 1]: true labels among the k most probable
-        rest = _count_distributions(ranked[:, ::-1])[:, n - 1::-1]  # rest[:, k - 1]: among the n - k others
-        expected = (np.matmul(top.transpose(1, 0, 2), f1) * rest.transpose(1, 0, 2)).sum(axis=2)  # (k, rows)
+        top = _count_distributions(ranked)[1:]  # top[k - 1]: true labels among the k most probable
+        rest = _count_distributions(ranked[:, ::-1])[n - 1::-1]  # rest[k - 1]: among the n - k others
+        expected = np.einsum("krb,krb->kr", np.matmul(top, f1), rest)  # (k, rows)
         best_k = expected.argmax(axis=0) + 1  # first (smallest) k on ties
         np.put_along_axis(pred[start:start + chunk], order, count[1:] <= best_k[:, None], axis=1)
     return pred
