@@ -102,10 +102,11 @@ class TuneConfig:
     search: str = _opt("greedy", "how blend weights are searched: greedy forward selection with replacement, or Optuna "
                                  "TPE (tune.trials trials), each candidate scored under tune.decision; optuna_global = "
                                  "TPE scored at each trial's best global threshold (the search before issue 14)", SEARCHES)
-    steps: int = _opt(50, "most model copies the greedy search adds (the finest weight step is 1/steps)")
-    min_gain_se: float = _opt(2.0, "the greedy search adds a model copy only if the in-sample score rises by more than "
-                                   "this many standard errors of the per-row gain (0 = any gain); smaller gains fit "
-                                   "the OOF rows' noise")
+    steps: int = _opt(10, "greedy search steps: step s mixes 1/s of one model into the blend (each step scores every "
+                          "model once)")
+    min_gain_se: float = _opt(2.0, "the greedy search lets a model into the blend only if the in-sample score rises by "
+                                   "more than this many standard errors of the per-row gain (0 = any gain); smaller "
+                                   "gains fit the OOF rows' noise")
     trials: int = _opt(150, "Optuna trials for the blend weights (tune.search=optuna or optuna_global)")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))

@@ -204,23 +204,28 @@ def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
 
 
 def greedy_weights(blend_rows: Callable[[np.ndarray], np.ndarray], n: int, steps: int, min_gain_se: float) -> np.ndarray:
-    """Forward selection with replacement (Caruana et al. 2004): start from the best single model, then add one
-    copy at a time of the model whose addition scores best, while that raises the score by more than `min_gain_se`
-    standard errors of its per-row gain; weights are the copies' shares. Each step costs n candidates, so the
-    search grows linearly with the model count. A gain within the rows' noise is not taken: it would fit the OOF
-    rows, not the models, so a model that adds nothing (a duplicate, a constant) leaves the blend as it was."""
+    """Forward selection with replacement (Caruana et al. 2004), under the decision's per-row scores.
+
+    Start from the best single model; at step s = 2..steps, mix 1/s of the one model that raises the in-sample
+    score most into the blend, or leave the blend as it is when none does (the next step tries a smaller share).
+    A model not yet in the blend enters only if its gain exceeds `min_gain_se` standard errors of the per-row gain:
+    a smaller gain fits the OOF rows, not the models, so a model that adds nothing (a duplicate, a constant) leaves
+    the blend as it was. Each step costs n candidates: the search grows linearly with the model count.
+    """
     add = np.eye(n)
-    counts, current = np.zeros(n), None
-    for _ in range(steps):
-        candidates = [blend_rows(counts + add[m]) for m in range(n)]
-        m = int(np.argmax([c.mean() for c in candidates]))  # the first model on ties
-        if current is not None:
-            gain = candidates[m] - current
-            if gain.mean() <= min_gain_se * gain.std(ddof=1) / np.sqrt(len(gain)):
-                break
-        counts[m] += 1
-        current = candidates[m]
-    return counts / counts.sum()
+    singles = [blend_rows(add[m]) for m in range(n)]
+    best = int(np.argmax([r.mean() for r in singles]))  # the first model on ties
+    weights, current = add[best], singles[best]
+    for s in range(2, steps + 1):
+        mixed = [(1 - 1 / s) * weights + add[m] / s for m in range(n)]
+        rows = [blend_rows(w) for w in mixed]
+        gains = [r - current for r in rows]
+        needed = [min_gain_se * g.std(ddof=1) / np.sqrt(len(g)) if weights[m] == 0 else 0.0 for m, g in enumerate(gains)]
+        taken = [m for m in range(n) if gains[m].mean() > needed[m]]
+        if taken:
+            m = max(taken, key=lambda m: gains[m].mean())
+            weights, current = mixed[m], rows[m]
+    return weights / weights.sum()
 
 
 def optuna_weights(blend_score: Callable[[np.ndarray], float], n: int, trials: int, seed: int) -> np.ndarray:
