@@ -5,7 +5,7 @@ decoding every JPEG each time (no cache), reading the resized uint8 cache, and, 
 alone on batches made on the device. The loader ceiling is the training data path without a network
 (cache read, augmentation, collation, pinned copy on CUDA), with 1 worker and with num_workers: what
 training could reach with an infinitely fast network. The search time is one `tune.fit_tuning`
-(Optuna weights, per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
+(tune.search's weights, per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
 """
 from __future__ import annotations
 
@@ -218,13 +218,15 @@ def _write_search_time(cfg: Config, overrides: list[str], seconds: float) -> Non
     path = Path(cfg.bench.file)
     text = path.read_text(encoding="utf-8")
     if SEARCH_END not in text:
-        text += (f"\n## Blend search time (`./run.sh bench`)\n\nOne Optuna weight, per-label threshold and calibration search "
+        text += (f"\n## Blend search time (`./run.sh bench`)\n\nOne weight, per-label threshold and calibration search "
                  f"(`tune.fit_tuning`) on 5 synthetic models x 30,000 rows x 18 labels; target < 60 s on the 2-core "
-                 f"CPU.\n\n{SEARCH_START}\n| date | machine | command | tune.trials, threshold_trials | seconds |\n"
+                 f"CPU.\n\n{SEARCH_START}\n| date | machine | command | weight search, threshold_trials | seconds |\n"
                  f"|---|---|---|---|---|\n{SEARCH_END}\n")
     command = ("./run.sh bench " + " ".join(overrides)).strip()
+    search = f"{cfg.tune.search} {cfg.tune.steps} steps" if cfg.tune.search == "greedy" else \
+        f"{cfg.tune.search} {cfg.tune.trials} trials"
     _append(path, text, SEARCH_END, f"| {time.strftime('%Y-%m-%d')} | {machine()} | `{command}` | "
-                                    f"{cfg.tune.trials}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
+                                    f"{search}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
 
 
 def _append(path: Path, text: str, marker: str, rows: str) -> None:

@@ -337,7 +337,8 @@ def validate(cfg: Config) -> None:
     for key, low in _MINIMUM.items():
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
-            allowed = " or ".join((f"an integer >= {low}", *_words(hints[key])))
+            kind = "a number" if _union(hints[key])[0] is float else "an integer"
+            allowed = " or ".join((f"{kind} >= {low}", *_words(hints[key])))
             raise UserError(f"bad value for {key}: {value}; allowed: {allowed}")
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:

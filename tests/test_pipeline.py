@@ -82,6 +82,13 @@ def test_report_has_the_documented_schema_and_figures(finished):
         assert name in proc.stderr  # the console table names every model
     for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "weights", "thresholds"):
         assert key in report["blend"]
+    for name, entry in [*report["models"].items(), ("blend", report["blend"])]:  # every nested score has its interval
+        assert entry["nested_95"]["low"] <= entry["samples_f1_nested"] <= entry["nested_95"]["high"], name
+        assert abs(entry["nested_95"]["score"] - entry["samples_f1_nested"]) < 1e-12, name
+    best = max(report["models"], key=lambda m: report["models"][m]["samples_f1_nested"])
+    assert "against_best" not in report["models"][best] and report["blend"]["against_best"]["model"] == best
+    assert report["blend"]["leaderboard_noise"]["test_rows"] == 25
+    assert "nested [95% interval]" in proc.stderr and "Leaderboard noise" in proc.stderr
     assert set(report["blend"]["weights"]) == {"resnet50", "bilstm", "tfidf", "fusion", "joint"}
     md = (root / "out" / "oof" / "report.md").read_text()
     for figure in ("per_label_f1.png", "f1_vs_threshold.png", "blend_weights.png"):
