@@ -37,7 +37,7 @@ class Tuned:
     global_threshold: float
     thresholds: np.ndarray  # one per label
     calibration: np.ndarray  # (labels, 2): Platt slope and intercept on the logit
-    search_seconds: float = 0.0  # how long the weight search took
+    search_seconds: float = 0.0  # CPU seconds of the weight search (wall time depends on what else the machine runs)
 
     def label_sets(self, probs: np.ndarray, decision: str) -> np.ndarray:
         """0/1 predictions of blended probabilities under either decision (at least one label per row)."""
@@ -270,9 +270,9 @@ def tune_thresholds(y: np.ndarray, probs: np.ndarray, trials: int, seed: int, st
 
 
 def fit_tuning(stack: np.ndarray, y: np.ndarray, cfg: Config) -> Tuned:
-    start = time.perf_counter()
+    start = time.process_time()
     weights = search_weights(stack, y, cfg)
-    searched = time.perf_counter() - start
+    searched = time.process_time() - start
     blend = combine(stack, weights)
     t0, _ = best_global_threshold(y, blend)
     return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0), fit_calibration(y, blend),
@@ -355,7 +355,7 @@ def tune(cfg: Config, comp: Competition) -> dict:
              f"{tuned.global_threshold:.2f} -> {blend['samples_f1_global']:.4f}  {cfg.tune.decision} "
              f"{blend['samples_f1_tuned']:.4f} (in-sample)  nested {blend['samples_f1_nested']:.4f} "
              f"(expected leaderboard score)  [{seconds:.1f}s; weights searched ({cfg.tune.search}) in "
-             f"{blend['search_seconds']:.1f}s over {cfg.n_folds + 1} fits]")
+             f"{blend['search_seconds']:.1f} CPU s over {cfg.n_folds + 1} fits]")
     log.info(f"tune blend: {_decisions(blend)}")
     record = {
         "blend": cfg.tune.blend, "decision": cfg.tune.decision, "search": cfg.tune.search, "models": models,
