@@ -10,7 +10,7 @@ tuning the blend in all (CPU, not wall, time: on a shared machine wall time meas
 
     .venv/bin/python bench/blend_search.py data_dir=D out_dir=O models=bilstm,tfidf,minilm \\
         --add /tmp/other_out:bilstm --add copy:minilm --add constant --add noisy:tfidf:0.5 \\
-        --sizes 3,6,9 --search tune.search=optuna_global --search "tune.search=greedy tune.min_gain_se=0" [key=value ...]
+        --sizes 3,6,9 --search tune.search=optuna_global --search "tune.search=greedy tune.steps=20" [key=value ...]
 
 --add, in order:
   OUT_DIR:model   a model trained in another out_dir on the same data and folds (its oof/config.json has its settings)

@@ -104,9 +104,6 @@ class TuneConfig:
                                  "TPE scored at each trial's best global threshold (the search before issue 14)", SEARCHES)
     steps: int = _opt(10, "greedy search steps: step s mixes 1/s of one model into the blend (each step scores every "
                           "model once)")
-    min_gain_se: float = _opt(2.0, "the greedy search lets a model into the blend only if the in-sample score rises by "
-                                   "more than this many standard errors of the per-row gain (0 = any gain); smaller "
-                                   "gains fit the OOF rows' noise")
     trials: int = _opt(150, "Optuna trials for the blend weights (tune.search=optuna or optuna_global)")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
@@ -327,7 +324,7 @@ _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "p
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
-            "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1, "tune.min_gain_se": 0,
+            "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1,
             "report.resamples": 100}
 _FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout")  # each in [0, 1)
 
@@ -337,8 +334,7 @@ def validate(cfg: Config) -> None:
     for key, low in _MINIMUM.items():
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
-            kind = "a number" if _union(hints[key])[0] is float else "an integer"
-            allowed = " or ".join((f"{kind} >= {low}", *_words(hints[key])))
+            allowed = " or ".join((f"an integer >= {low}", *_words(hints[key])))
             raise UserError(f"bad value for {key}: {value}; allowed: {allowed}")
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:

@@ -76,7 +76,7 @@ def test_default_folds_follow_n_folds():
     (["image.batch_size=0"], "image.batch_size"),
     (["tune.trials=0"], "tune.trials"),
     (["tune.search=random"], "tune.search"),
-    (["tune.min_gain_se=-1"], "tune.min_gain_se"),
+    (["tune.steps=0"], "tune.steps"),
     (["report.public_fraction=0"], "report.public_fraction"),
     (["report.resamples=10"], "report.resamples"),
     (["seed=-3"], "seed"),

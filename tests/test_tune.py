@@ -106,6 +106,7 @@ def _noisy(truth: np.ndarray, rng, sd: float) -> np.ndarray:
 
 
 def test_duplicates_and_a_constant_model_leave_the_nested_score_of_the_model_exactly():
+    """A duplicate gives the same blend (no gain), and a constant says nothing about any row: neither is taken."""
     y, truth, rng = case(4, rows=600)
     a = _noisy(truth, rng, 1.0)
     constant = np.broadcast_to(y.mean(axis=0), y.shape).astype(np.float32)
