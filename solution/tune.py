@@ -188,48 +188,42 @@ def candidate_rows(decision: str) -> Callable[[np.ndarray, np.ndarray], np.ndarr
 
 def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
     """Non-negative model weights summing to 1, by tune.search; optuna_global scores at the global threshold
-    whatever tune.decision is (the search before issue 14), the others under tune.decision.
-
-    A model whose probabilities are the same on every row (a constant) gets weight 0 without being tried: it says
-    nothing about any row, and mixing it in only reshapes each label's probability scale, which is what the
-    decision's calibration is fitted for (trying it would fit that reshaping to the OOF rows).
-    """
-    informative = [m for m in range(len(stack)) if np.ptp(stack[m], axis=0).any()] or list(range(len(stack)))
-    weights = np.zeros(len(stack))
-    if len(informative) == 1:
-        weights[informative] = 1.0
-        return weights
+    whatever tune.decision is (the search before issue 14), the others under tune.decision."""
+    n = stack.shape[0]
+    if n == 1:
+        return np.ones(1)
     rows = candidate_rows("thresholds" if cfg.tune.search == "optuna_global" else cfg.tune.decision)
-    exact = stack[informative].astype(np.float64)  # combine() would cast the stack for every candidate; the cast is exact
+    exact = stack.astype(np.float64)  # combine() would cast the stack for every candidate; the cast is exact
 
     def blend_rows(w: np.ndarray) -> np.ndarray:
         return rows(y, combine(exact, w))
 
     if cfg.tune.search == "greedy":
-        weights[informative] = greedy_weights(blend_rows, len(informative), cfg.tune.steps)
-    else:
-        weights[informative] = optuna_weights(lambda w: float(blend_rows(w).mean()), len(informative), cfg.tune.trials,
-                                              cfg.seed)
-    return weights
+        varies = [m for m in range(n) if np.ptp(stack[m], axis=0).any()]
+        return greedy_weights(blend_rows, n, cfg.tune.steps, varies)
+    return optuna_weights(lambda w: float(blend_rows(w).mean()), n, cfg.tune.trials, cfg.seed)
 
 
-def greedy_weights(blend_rows: Callable[[np.ndarray], np.ndarray], n: int, steps: int) -> np.ndarray:
+def greedy_weights(blend_rows: Callable[[np.ndarray], np.ndarray], n: int, steps: int, addable: list[int]) -> np.ndarray:
     """Forward selection with replacement (Caruana et al. 2004), under the decision's in-sample samples-F1.
 
-    Start from the best single model; at step s = 2..steps, mix 1/s of the one model that raises the score most
-    into the blend, or leave the blend as it is when none does (the next step tries a smaller share). Each step
-    costs n candidates, so the search grows linearly with the model count, and it has few degrees of freedom to
-    fit the OOF rows with. A duplicate of a model in the blend gives the same blend (no gain) and is never taken.
+    Start from the best single model; at step s = 2..steps, mix 1/s of the `addable` model that raises the score
+    most into the blend, or leave the blend as it is when none does (the next step tries a smaller share). Each step
+    costs one candidate per model, so the search grows linearly with the model count, and it has few degrees of
+    freedom to fit the OOF rows with. A duplicate of a model in the blend gives the same blend (no gain) and is
+    never taken. A constant model (the same probabilities on every row) is not addable: it says nothing about any
+    row, and mixing it in only reshapes each label's probability scale, which is what the decision's calibration
+    is fitted for (trying it would fit that reshaping to the OOF rows).
     """
     add = np.eye(n)
     singles = [blend_rows(add[m]).mean() for m in range(n)]
     best = int(np.argmax(singles))  # the first model on ties
     weights, score = add[best], singles[best]
     for s in range(2, steps + 1):
-        mixed = [(1 - 1 / s) * weights + add[m] / s for m in range(n)]
-        scores = [blend_rows(w).mean() for w in mixed]
-        m = int(np.argmax(scores))
-        if scores[m] > score:
+        mixed = {m: (1 - 1 / s) * weights + add[m] / s for m in addable}
+        scores = {m: blend_rows(w).mean() for m, w in mixed.items()}
+        m = max(scores, key=scores.get, default=None)  # the first model on ties
+        if m is not None and scores[m] > score:
             weights, score = mixed[m], scores[m]
     return weights / weights.sum()
 
