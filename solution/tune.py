@@ -25,7 +25,7 @@ from .data import Competition
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .labels import LABELS, N_LABELS
-from .metric import binarize, expected_f1_sets, per_row_f1, per_row_f1_binary, samples_f1, samples_f1_binary
+from .metric import binarize, expected_f1_sets, per_row_f1_binary, samples_f1, samples_f1_binary
 from .oof import collect_oof, oof_contents, settings_hash
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
@@ -176,14 +176,14 @@ def _sampler(seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
 
 
-def candidate_rows(decision: str) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Per-row F1 of blended probabilities under `decision`, its parameters fitted on the same rows: what the weight
-    search maximises (their mean) and tests gains on. expected_f1 is scored exactly (Platt calibration fitted, then
-    each row's best set); thresholds at the candidate's best global threshold, as per-label thresholds would cost
-    450 Optuna trials a candidate (they are fitted once, on the chosen blend)."""
+def candidate_score(decision: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """samples-F1 of blended probabilities under `decision`, its parameters fitted on the same rows: what the weight
+    search maximises. expected_f1 is scored exactly (Platt calibration fitted, then each row's best set); thresholds
+    at the candidate's best global threshold, as per-label thresholds would cost 450 Optuna trials a candidate
+    (they are fitted once, on the chosen blend)."""
     if decision == "thresholds":
-        return lambda y, probs: per_row_f1(y, probs, best_global_threshold(y, probs)[0])
-    return lambda y, probs: per_row_f1_binary(y, expected_f1_sets(calibrate(probs, fit_calibration(y, probs))))
+        return lambda y, probs: best_global_threshold(y, probs)[1]
+    return lambda y, probs: samples_f1_binary(y, expected_f1_sets(calibrate(probs, fit_calibration(y, probs))))
 
 
 def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
@@ -192,19 +192,19 @@ def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
     n = stack.shape[0]
     if n == 1:
         return np.ones(1)
-    rows = candidate_rows("thresholds" if cfg.tune.search == "optuna_global" else cfg.tune.decision)
+    score = candidate_score("thresholds" if cfg.tune.search == "optuna_global" else cfg.tune.decision)
     exact = stack.astype(np.float64)  # combine() would cast the stack for every candidate; the cast is exact
 
-    def blend_rows(w: np.ndarray) -> np.ndarray:
-        return rows(y, combine(exact, w))
+    def blend_score(w: np.ndarray) -> float:
+        return score(y, combine(exact, w))
 
     if cfg.tune.search == "greedy":
         varies = [m for m in range(n) if np.ptp(stack[m], axis=0).any()]
-        return greedy_weights(blend_rows, n, cfg.tune.steps, varies)
-    return optuna_weights(lambda w: float(blend_rows(w).mean()), n, cfg.tune.trials, cfg.seed)
+        return greedy_weights(blend_score, n, cfg.tune.steps, varies)
+    return optuna_weights(blend_score, n, cfg.tune.trials, cfg.seed)
 
 
-def greedy_weights(blend_rows: Callable[[np.ndarray], np.ndarray], n: int, steps: int, addable: list[int]) -> np.ndarray:
+def greedy_weights(blend_score: Callable[[np.ndarray], float], n: int, steps: int, addable: list[int]) -> np.ndarray:
     """Forward selection with replacement (Caruana et al. 2004), under the decision's in-sample samples-F1.
 
     Start from the best single model; at step s = 2..steps, mix 1/s of the `addable` model that raises the score
@@ -216,12 +216,12 @@ def greedy_weights(blend_rows: Callable[[np.ndarray], np.ndarray], n: int, steps
     is fitted for (trying it would fit that reshaping to the OOF rows).
     """
     add = np.eye(n)
-    singles = [blend_rows(add[m]).mean() for m in range(n)]
+    singles = [blend_score(add[m]) for m in range(n)]
     best = int(np.argmax(singles))  # the first model on ties
     weights, score = add[best], singles[best]
     for s in range(2, steps + 1):
         mixed = {m: (1 - 1 / s) * weights + add[m] / s for m in addable}
-        scores = {m: blend_rows(w).mean() for m, w in mixed.items()}
+        scores = {m: blend_score(w) for m, w in mixed.items()}
         m = max(scores, key=scores.get, default=None)  # the first model on ties
         if m is not None and scores[m] > score:
             weights, score = mixed[m], scores[m]
