@@ -5,7 +5,7 @@ decoding every JPEG each time (no cache), reading the resized uint8 cache, and, 
 alone on batches made on the device. The loader ceiling is the training data path without a network
 (cache read, augmentation, collation, pinned copy on CUDA), with 1 worker and with num_workers: what
 training could reach with an infinitely fast network. The search time is one `tune.fit_tuning`
-(Optuna weights, per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
+(tune.search's weights, per-label thresholds and calibration) on 5 synthetic models x 30,000 rows.
 """
 from __future__ import annotations
 
@@ -255,9 +255,14 @@ def _write_search_time(cfg: Config, overrides: list[str], seconds: float) -> Non
     _add_rows(cfg, SEARCH_START, SEARCH_END, "Blend search time (`./run.sh bench`)",
               "One weight, per-label threshold and calibration search (`tune.fit_tuning`) on 5 synthetic models x "
               "30,000 rows x 18 labels; target < 60 s on the 2-core CPU.",
-              "| date | machine | command | tune.trials, threshold_trials | seconds |",
+              "| date | machine | command | weight search, threshold_trials | seconds |",
               f"| {time.strftime('%Y-%m-%d')} | {machine()} | `{_command(overrides)}` | "
-              f"{cfg.tune.trials}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
+              f"{_search(cfg)}, {cfg.tune.threshold_trials} | {seconds:.1f} |\n")
+
+
+def _search(cfg: Config) -> str:
+    return f"{cfg.tune.search} {cfg.tune.steps} steps" if cfg.tune.search == "greedy" else \
+        f"{cfg.tune.search} {cfg.tune.trials} trials"
 
 
 def _command(overrides: list[str]) -> str:

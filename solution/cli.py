@@ -11,10 +11,11 @@ from .errors import MACHINE_ERRNOS, UserError, machine_error
 
 COMMANDS = {
     "train": "train the selected models on the selected folds (default command)",
-    "tune": "Optuna blend weights + per-label thresholds on OOF, with the nested-CV score",
+    "tune": "blend weights, per-label thresholds and calibration on OOF, with the nested-CV score",
     "submit": "write submissions/submission.csv from the tuned blend",
     "predict": "run saved fold models on data_dir's test.csv (no training) into a submission",
     "report": "write oof/report.md, report.json and figures",
+    "compare": "paired difference of out_dir's nested scores against compare.baseline's (same data and folds)",
     "all": "train, tune, submit and report in one go",
     "demo": "make a synthetic dataset under demo/ and run 'all' on it",
     "test": "run the test suite (pytest)",
@@ -53,7 +54,12 @@ def run(command: str, overrides: list[str]) -> None:
     from .data import load_competition  # here, not above: a bad key= fails without importing pandas
 
     # Bad data fails here, before anything is logged, so the user sees the one error line alone.
-    comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo") else None
+    comp = load_competition(cfg.data_dir, cfg.limit) if command not in ("bench", "predict", "demo", "compare") else None
+    runs = None
+    if command == "compare":  # runs that do not pair fail here, before anything is logged
+        from .compare import paired_runs
+
+        runs = paired_runs(cfg)
     from . import distributed  # here, not above: it imports torch, and a bad key= fails without it
 
     if command in ("train", "all", "demo", "holdout"):
@@ -85,6 +91,10 @@ def run(command: str, overrides: list[str]) -> None:
         from .predict import predict
 
         return predict(cfg)
+    if command == "compare":
+        from .compare import compare
+
+        return compare(cfg, runs)
     if command == "demo":
         from .demo import make_dataset
 

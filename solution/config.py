@@ -4,6 +4,7 @@ Every setting lives here once; stages receive the resolved `Config` and never ho
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -115,16 +116,36 @@ class JointConfig:
 
 # How blended probabilities become label sets (tune.decision); tune and report loop over both.
 DECISIONS = ("thresholds", "expected_f1")
+SEARCHES = ("greedy", "optuna", "optuna_global")  # how tune searches blend weights (tune.search)
 
 
 @dataclass
 class TuneConfig:
-    trials: int = _opt(150, "Optuna trials for the blend weights")
+    search: str = _opt("greedy", "how blend weights are searched: greedy forward selection with replacement, or Optuna "
+                                 "TPE (tune.trials trials), each candidate scored under tune.decision; optuna_global = "
+                                 "TPE scored at each trial's best global threshold (the search before issue 14)", SEARCHES)
+    steps: int = _opt(10, "greedy search steps: step s mixes 1/s of one model into the blend (each step scores every "
+                          "model once)")
+    trials: int = _opt(150, "Optuna trials for the blend weights (tune.search=optuna or optuna_global)")
     threshold_trials: int = _opt(25, "Optuna trials per label for its threshold")
     blend: str = _opt("mean", "how models are combined: weighted mean of probabilities or of ranks", ("mean", "rank"))
     decision: str = _opt("expected_f1", "how blended probabilities become labels: Optuna per-label thresholds, or per "
                                         "image the set with the highest expected F1 after Platt calibration", DECISIONS)
     models: list = _opt_factory(list, "models to blend (empty = the models in `models`)")
+
+
+@dataclass
+class ReportConfig:
+    resamples: int = _opt(2000, "bootstrap resamples behind every 95% interval that report and compare print (rows "
+                                "drawn with replacement within each fold)")
+    public_fraction: float = _opt(0.5, "share of test.csv the public leaderboard scores, for its noise (the host sets it "
+                                       "and it is not published here; 0.5 until the competition page says otherwise)")
+
+
+@dataclass
+class CompareConfig:
+    baseline: str = _opt("", "out_dir of the earlier run that ./run.sh compare holds out_dir against (same data, folds "
+                              "and rows)")
 
 
 @dataclass
@@ -172,6 +193,8 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     joint: JointConfig = field(default_factory=JointConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     # name -> {"kind": ..., "image.size": 288, ...}: the declared variants, typed (variants.declare fills it)
     variant: dict = field(default_factory=dict, metadata={"help": "", "choices": None, "declarations": True})
@@ -311,13 +334,14 @@ def convert_setting(key: str, raw: str, prefix: str = ""):
         raise UserError(f"{prefix}bad value for {key}: '{raw}'; allowed: {_allowed(key, hint, f.metadata.get('choices'))}") from None
 
 
-def build_config(overrides: list[str]) -> Config:
-    """Apply `key=value` overrides to the defaults, then read the declared variants (variants=FILE and
-    variant.NAME.KEY=VALUE); any unknown key or bad value is a UserError."""
+def build_config(overrides: list[str], base: Config | None = None) -> Config:
+    """Apply `key=value` overrides to the defaults (or to `base`, a saved run's config), then read the declared
+    variants (variants=FILE and variant.NAME.KEY=VALUE; a base keeps its own unless the overrides declare some);
+    any unknown key or bad value is a UserError."""
     from .variants import declare
 
-    cfg = Config()
-    fold_given = False
+    cfg = copy.deepcopy(base) if base is not None else Config()
+    fold_given = variants_given = False
     declared: dict[str, dict[str, str]] = {}
     for item in overrides:
         if "=" not in item:
@@ -332,15 +356,17 @@ def build_config(overrides: list[str]) -> Config:
             continue
         value = convert_setting(key, raw)
         fold_given = fold_given or key == "fold"
+        variants_given = variants_given or key == "variants"
         target = cfg
         *path, leaf = key.split(".")
         for p in path:
             target = getattr(target, p)
         setattr(target, leaf, value)
-    if not fold_given:
+    if not fold_given and base is None:
         cfg.fold = list(range(cfg.n_folds))  # the default is every fold, whatever n_folds is
     check_ranges(cfg)
-    declare(cfg, declared)
+    if base is None or declared or variants_given:
+        declare(cfg, declared)
     validate(cfg)
     return cfg
 
@@ -350,8 +376,8 @@ _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "p
             "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
-            "tune.trials": 1, "tune.threshold_trials": 1, "embed.size": 0, "embed.batch_size": 1, "embed.hidden": 1,
-            "embed.epochs": 1, "embed.head_batch_size": 1}
+            "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1, "report.resamples": 100, "embed.size": 0,
+            "embed.batch_size": 1, "embed.hidden": 1, "embed.epochs": 1, "embed.head_batch_size": 1}
 _FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout", "embed.dropout")  # each in [0, 1)
 
 
@@ -368,6 +394,9 @@ def check_ranges(cfg: Config, prefix: str = "") -> None:
             raise UserError(f"{prefix}bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
     if not 0 < cfg.holdout_fraction < 1:
         raise UserError(f"{prefix}bad value for holdout_fraction: {cfg.holdout_fraction}; allowed: a number in (0, 1)")
+    if not 0 < cfg.report.public_fraction <= 1:
+        raise UserError(f"{prefix}bad value for report.public_fraction: {cfg.report.public_fraction}; allowed: a number "
+                        "in (0, 1]")
 
 
 def validate(cfg: Config) -> None:

@@ -63,6 +63,12 @@ def setup(log_dir: Path | None, command: str, quiet: bool = False) -> Path | Non
     return path
 
 
+def columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows of text cells as left-aligned columns: the console tables of report and compare."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
 def info(msg: str) -> None:
     _logger.info(msg)
 

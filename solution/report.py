@@ -2,13 +2,15 @@
 
 Every model and the blend get samples-F1 at 0.5, tuned in-sample and nested; micro/macro F1 and
 per-label precision/recall/F1/support under the in-sample tuned decision; per-fold scores; and both decisions
-(thresholds, expected F1) side by side.
+(thresholds, expected F1) side by side. Every nested score has its 95% interval, every model and the blend their
+paired difference from the best single model, and the blend the noise a leaderboard score would carry
+(solution/stats.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from . import log
+from . import log, stats
 from .artefacts import atomic_path, write_json
 from .config import DECISIONS, Config
 from .data import Competition
@@ -80,7 +82,7 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
     fig, ax = plt.subplots(figsize=(5, 3))
     ax.bar(list(weights), list(weights.values()))
     ax.set_ylabel("weight")
-    ax.set_title("Blend weights (Optuna, OOF)")
+    ax.set_title("Blend weights (searched on OOF)")
     save(fig, "blend_weights.png")
     return made
 
@@ -97,8 +99,45 @@ def _entry(name: str, y, probs, tuned: dict, decision: str) -> dict:
             "micro_f1": s["micro_f1"], "macro_f1": s["macro_f1"], "per_label": s["per_label"], "per_fold": tuned["per_fold"]}
 
 
+def _noise(cfg: Config, comp: Competition, record: dict, arrays: dict) -> dict:
+    """95% intervals of every nested score and of each one's difference from the best single model (same rows),
+    and the standard error of a leaderboard score of the blend on all of test.csv and on its public share."""
+    if "nested_f1" not in arrays:
+        raise UserError(f"{cfg.out / 'oof' / 'blend.npz'} has no per-row nested scores (an older version wrote it); "
+                        "rerun ./run.sh tune")
+    groups = record.get("groups", {})
+    names = [*record["models"], "blend", *groups]
+    rows = dict(zip(names, arrays["nested_f1"]))
+    nested = {**{m: record["per_model"][m]["samples_f1_nested"] for m in record["models"]},
+              "blend": record["f1"]["samples_f1_nested"], **{g: r["samples_f1_nested"] for g, r in groups.items()}}
+    fold = arrays["fold"]
+    for name in names:  # the rows must be the ones tune averaged, else the intervals describe another run
+        if abs(stats.fold_mean(rows[name], fold) - nested[name]) > 1e-9:
+            raise UserError(f"{cfg.out / 'oof' / 'blend.npz'}: {name}'s per-row scores do not average to the nested "
+                            f"{nested[name]:.4f} of blend.json; rerun ./run.sh tune")
+    best = max(record["models"], key=nested.get)
+    best_of = {g: max(r["models"], key=nested.get) for g, r in groups.items()}  # a group's blend against its best member
+    series = {**rows, **{f"{name} - best": rows[name] - rows[best] for name in names if name != best},
+              **{f"{g} - its best": rows[g] - rows[m] for g, m in best_of.items()}}
+    noise = stats.summarise(series, fold, cfg.report.resamples, cfg.seed)
+    sd = float(np.std(rows["blend"], ddof=1))
+    public = max(1, round(cfg.report.public_fraction * len(comp.test)))
+    paired_sd = float(np.std(rows["blend"] - rows[best], ddof=1))
+    return {"best": best, "intervals": {n: noise[n] for n in names},
+            "groups": {g: {"models": r["models"], "weights": r["weights"], "samples_f1_nested": r["samples_f1_nested"],
+                           "nested_95": noise[g], "against_its_best": {"model": best_of[g], **noise[f"{g} - its best"]}}
+                       for g, r in groups.items()},
+            "against_best": {n: noise[f"{n} - best"] for n in names if n != best},
+            "leaderboard": {"per_row_sd": sd, "test_rows": len(comp.test), "se": sd / np.sqrt(len(comp.test)),
+                            "public_fraction": cfg.report.public_fraction, "public_rows": public,
+                            "public_se": sd / np.sqrt(public), "nested_se": sd / np.sqrt(len(comp.train)),
+                            "blend_vs_best_public_se": paired_sd / np.sqrt(public)},
+            "resamples": cfg.report.resamples}
+
+
 def report(cfg: Config, comp: Competition) -> dict:
     record, arrays = load_blend(cfg, comp)
+    noise = _noise(cfg, comp, record, arrays)
     models, curves = {}, {}
     for model in record["models"]:
         oof, _, metas = collect_oof(cfg, comp, model)
@@ -111,26 +150,53 @@ def report(cfg: Config, comp: Competition) -> dict:
         curves[model] = [meta["history"] for meta in metas]
     blend = _entry("the blend", comp.y, arrays["oof"], {**record, **record["f1"]}, record["decision"])
     blend.update(weights=record["weights"], thresholds=record["thresholds"], blend=record["blend"],
-                 decision=record["decision"])
-    out = {"models": models, "blend": blend}
+                 decision=record["decision"], search=record["search"], leaderboard_noise=noise["leaderboard"])
+    for name, entry in [*models.items(), ("blend", blend)]:
+        entry["nested_95"] = noise["intervals"][name]
+        if name in noise["against_best"]:
+            entry["against_best"] = {"model": noise["best"], **noise["against_best"][name]}
+    out = {"models": models, "blend": blend, "groups": noise["groups"]}
     write_json(cfg.out / "oof" / "report.json", out)
     figures = _plots(cfg.out / "oof" / "figures", {**models, "blend": blend}, arrays["oof"], comp.y,
                      record["weights"], curves)
     md = _markdown(cfg, out, figures)
     with atomic_path(cfg.out / "oof" / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
-    log.info("\n" + _table(out))
+    log.info("\n" + _table(out) + "".join(f"\n{line}" for line in _group_lines(out)) + "\n" + _leaderboard(out))
     log.info(f"report: {cfg.out / 'oof' / 'report.md'} and report.json")
     return out
 
 
 def _table(out: dict) -> str:
-    rows = [("model", "F1@0.5", "tuned", "nested", "optimism", "micro", "macro")]
+    """One row per model and the blend; the intervals are 95%, and 'against' is the paired difference from the best
+    single model on the same rows."""
+    best = out["blend"]["against_best"]["model"]
+    rows = [("model", "F1@0.5", "tuned", "nested [95% interval]", "optimism", f"against {best} [95%]", "micro", "macro")]
     for name, e in [*out["models"].items(), ("BLEND", out["blend"])]:
-        rows.append((name, *(f"{e[k]:.4f}" for k in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested")),
-                     f"{e['samples_f1_tuned'] - e['samples_f1_nested']:+.4f}", f"{e['micro_f1']:.4f}", f"{e['macro_f1']:.4f}"))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+        against = stats.signed(e["against_best"]) if "against_best" in e else "(best model)"
+        rows.append((name, f"{e['samples_f1_at_0.5']:.4f}", f"{e['samples_f1_tuned']:.4f}", stats.text(e["nested_95"]),
+                     f"{e['samples_f1_tuned'] - e['samples_f1_nested']:+.4f}", against, f"{e['micro_f1']:.4f}",
+                     f"{e['macro_f1']:.4f}"))
+    return log.columns(rows)
+
+
+def _group_lines(out: dict) -> list[str]:
+    """A line per blend of one modality: its nested score, and its paired difference from its own best member."""
+    return [f"blend of the {g} ({', '.join(r['models'])}): nested {stats.text(r['nested_95'])}; against "
+            f"{r['against_its_best']['model']}, the best of them alone, {stats.signed(r['against_its_best'])}"
+            for g, r in out["groups"].items()]
+
+
+def _leaderboard(out: dict) -> str:
+    """How large a leaderboard move must be to mean something: the noise of the blend's score on the test rows."""
+    lb, best = out["blend"]["leaderboard_noise"], out["blend"]["against_best"]["model"]
+    return (f"Leaderboard noise: the blend's per-row F1 has sd {lb['per_row_sd']:.3f}, so a score on all {lb['test_rows']} "
+            f"test rows has standard error {lb['se']:.4f}, and on the public {lb['public_fraction']:.0%} "
+            f"({lb['public_rows']} rows, report.public_fraction) {lb['public_se']:.4f}. A public score within "
+            f"±{1.96 * np.hypot(lb['public_se'], lb['nested_se']):.4f} of the nested estimate is within the noise of both. "
+            f"Two submissions as different as the blend and {best} differ on the public rows with standard error "
+            f"{lb['blend_vs_best_public_se']:.4f}: a jump between them under ±{1.96 * lb['blend_vs_best_public_se']:.4f} "
+            "is noise.")
 
 
 def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
@@ -139,18 +205,30 @@ def _markdown(cfg: Config, out: dict, figures: list[str]) -> str:
             else "fold k itself (stop_fraction=0: OOF scores are slightly optimistic)")
     lines = [
         "# OOF report", "",
-        f"Expected leaderboard samples-F1 (nested CV): **{b['samples_f1_nested']:.4f}**. "
+        f"Expected leaderboard samples-F1 (nested CV): **{b['samples_f1_nested']:.4f}** (95% interval "
+        f"{b['nested_95']['low']:.4f} to {b['nested_95']['high']:.4f}, the sampling noise of these rows). "
         f"Tuning the blend and its decision on all OOF rows and scoring the same rows gives {b['samples_f1_tuned']:.4f}, "
         f"which is optimistic by {b['samples_f1_tuned'] - b['samples_f1_nested']:+.4f}.", "",
         f"Folds: {cfg.n_folds}, seed {cfg.seed}. Early stopping watched {stop}. Blend: {b['blend']}. "
-        f"Decision: {b['decision']}.", "",
-        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = Optuna weights plus the decision's parameters "
+        f"Decision: {b['decision']}. Weight search: {b['search']}.", "",
+        "samples-F1: at 0.5 = every label at threshold 0.5; tuned = searched weights plus the decision's parameters "
         "(per-label thresholds, or per-label calibration for expected_f1) fitted and scored on all OOF rows (in-sample); "
         "nested = fitted on the other folds' OOF, scored on fold k, averaged. "
         "Micro/macro and per-label figures use the in-sample tuned decision.", "",
         "```", _table(out), "```", "",
         "## Models", "", "| model | what it is (kind, backbone, its variant settings) |", "|---|---|",
         *[f"| {name} | {describe(cfg, name)} |" for name in out["models"]], "",
+        "## Noise", "",
+        f"samples-F1 is a mean over rows, so each score moves with the rows it is measured on. The 95% intervals come "
+        f"from {cfg.report.resamples} bootstrap resamples of the rows within each fold (each row scored by the tuning "
+        "fitted without its fold); 'against' is the difference from the best single model on the same rows, resampled "
+        "in pairs, so the noise both share cancels. An interval that excludes 0 is a difference the rows support. Neither "
+        "counts the noise of retraining the models with another seed.", "",
+        _leaderboard(out), "",
+        *([ "## Blends of one modality", "",
+            "Each blended and tuned on its own, nested like the blend: what a second image model adds to the first, or "
+            "more caption models to one. 'against' is the paired difference from the best of its members alone.", "",
+            *[f"- {line}" for line in _group_lines(out)], ""] if out["groups"] else []),
         "## Decisions compared", "",
         "How the probabilities become labels: per-label thresholds (Optuna), or per image the set with the highest "
         "expected F1 after per-label Platt calibration. The run uses tune.decision.", "",

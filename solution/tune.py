@@ -1,15 +1,18 @@
 """Stage 3: blend weights, per-label thresholds and calibration on OOF, and the honest nested-CV score.
 
 Two decisions turn blended probabilities into label sets (tune.decision): per-label thresholds found by
-Optuna, or per image the set with the highest expected F1 after per-label Platt calibration.
+Optuna, or per image the set with the highest expected F1 after per-label Platt calibration. Blend weights
+are searched (tune.search) with each candidate blend scored under that decision.
 In-sample tuning fits weights, thresholds and calibration on all OOF rows and scores them on the same
 rows, which is optimistic. The nested score fits them on the other folds' OOF, applies them to fold k,
-and averages over folds: nothing is ever scored on a row it was fitted on.
+and averages over folds: nothing is ever scored on a row it was fitted on. Each row's nested F1 is kept
+(blend.npz), so report and compare can say how much of a score, or of a difference, is row noise.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import optuna
@@ -22,8 +25,9 @@ from .data import Competition
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .labels import LABELS, N_LABELS
-from .metric import binarize, expected_f1_sets, samples_f1, samples_f1_binary
+from .metric import binarize, expected_f1_sets, per_row_f1_binary, samples_f1, samples_f1_binary
 from .oof import collect_oof, oof_contents, settings_hash
+from .variants import modality_groups
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
 
@@ -34,6 +38,7 @@ class Tuned:
     global_threshold: float
     thresholds: np.ndarray  # one per label
     calibration: np.ndarray  # (labels, 2): Platt slope and intercept on the logit
+    search_seconds: float = 0.0  # CPU seconds of the weight search (wall time depends on what else the machine runs)
 
     def label_sets(self, probs: np.ndarray, decision: str) -> np.ndarray:
         """0/1 predictions of blended probabilities under either decision (at least one label per row)."""
@@ -63,22 +68,27 @@ def _logit(probs: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-def fit_calibration(y: np.ndarray, probs: np.ndarray, steps: int = 30, ridge: float = 1.0) -> np.ndarray:
+def fit_calibration(y: np.ndarray, probs: np.ndarray, steps: int = 30, ridge: float = 1.0, tol: float = 1e-12) -> np.ndarray:
     """Per label, Platt scaling: the logistic fit of y on logit(p), by Newton's method on all labels at once.
 
     The expected-F1 decision reads probabilities literally, so it needs them calibrated: pos_weight inflates
     rare labels and a regularised TF-IDF model is under-confident. A small ridge pulls each slope towards 1
-    and the intercept towards 0, which keeps a label without positives finite.
+    and the intercept towards 0, which keeps a label without positives finite. Newton converges in about 6
+    steps; it stops once no parameter moves by more than `tol` (the blend search fits hundreds of these).
     """
-    z, y = _logit(probs), np.asarray(y, dtype=np.float64)
-    slope, bias = np.ones(z.shape[1]), np.zeros(z.shape[1])
+    z, y = _logit(probs).T.copy(), np.asarray(y, dtype=np.float64).T.copy()  # a label's rows contiguous: fast sums
+    zz = z * z
+    slope, bias = np.ones(len(z)), np.zeros(len(z))
     for _ in range(steps):
-        s = expit(slope * z + bias)
+        s = expit(slope[:, None] * z + bias[:, None])
         r, w = s - y, s * (1 - s)
-        g_a, g_b = (r * z).sum(0) + ridge * (slope - 1), r.sum(0) + 1e-3 * ridge * bias
-        h_aa, h_ab, h_bb = (w * z * z).sum(0) + ridge, (w * z).sum(0), w.sum(0) + 1e-3 * ridge
+        g_a, g_b = np.einsum("ij,ij->i", r, z) + ridge * (slope - 1), r.sum(1) + 1e-3 * ridge * bias
+        h_aa, h_ab, h_bb = np.einsum("ij,ij->i", w, zz) + ridge, np.einsum("ij,ij->i", w, z), w.sum(1) + 1e-3 * ridge
         det = h_aa * h_bb - h_ab ** 2
-        slope, bias = slope - (h_bb * g_a - h_ab * g_b) / det, bias - (h_aa * g_b - h_ab * g_a) / det
+        d_slope, d_bias = (h_bb * g_a - h_ab * g_b) / det, (h_aa * g_b - h_ab * g_a) / det
+        slope, bias = slope - d_slope, bias - d_bias
+        if max(np.abs(d_slope).max(), np.abs(d_bias).max()) <= tol:
+            break
     return np.stack([slope, bias], axis=1)
 
 
@@ -167,20 +177,66 @@ def _sampler(seed: int) -> optuna.samplers.TPESampler:
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=8)
 
 
-def tune_weights(stack: np.ndarray, y: np.ndarray, trials: int, seed: int) -> np.ndarray:
-    """Optuna TPE over non-negative model weights; each trial is scored at its best global threshold."""
+def candidate_score(decision: str) -> Callable[[np.ndarray, np.ndarray], float]:
+    """samples-F1 of blended probabilities under `decision`, its parameters fitted on the same rows: what the weight
+    search maximises. expected_f1 is scored exactly (Platt calibration fitted, then each row's best set); thresholds
+    at the candidate's best global threshold, as per-label thresholds would cost 450 Optuna trials a candidate
+    (they are fitted once, on the chosen blend)."""
+    if decision == "thresholds":
+        return lambda y, probs: best_global_threshold(y, probs)[1]
+    return lambda y, probs: samples_f1_binary(y, expected_f1_sets(calibrate(probs, fit_calibration(y, probs))))
+
+
+def search_weights(stack: np.ndarray, y: np.ndarray, cfg: Config) -> np.ndarray:
+    """Non-negative model weights summing to 1, by tune.search; optuna_global scores at the global threshold
+    whatever tune.decision is (the search before issue 14), the others under tune.decision."""
     n = stack.shape[0]
     if n == 1:
         return np.ones(1)
+    score = candidate_score("thresholds" if cfg.tune.search == "optuna_global" else cfg.tune.decision)
+    exact = stack.astype(np.float64)  # combine() would cast the stack for every candidate; the cast is exact
+
+    def blend_score(w: np.ndarray) -> float:
+        return score(y, combine(exact, w))
+
+    if cfg.tune.search == "greedy":
+        varies = [m for m in range(n) if np.ptp(stack[m], axis=0).any()]
+        return greedy_weights(blend_score, n, cfg.tune.steps, varies)
+    return optuna_weights(blend_score, n, cfg.tune.trials, cfg.seed)
+
+
+def greedy_weights(blend_score: Callable[[np.ndarray], float], n: int, steps: int, addable: list[int]) -> np.ndarray:
+    """Forward selection with replacement (Caruana et al. 2004), under the decision's in-sample samples-F1.
+
+    Start from the best single model; at step s = 2..steps, mix 1/s of the `addable` model that raises the score
+    most into the blend, or leave the blend as it is when none does (the next step tries a smaller share). Each step
+    costs one candidate per model, so the search grows linearly with the model count, and it has few degrees of
+    freedom to fit the OOF rows with. A duplicate of a model in the blend gives the same blend (no gain) and is
+    never taken. A constant model (the same probabilities on every row) is not addable: it says nothing about any
+    row, and mixing it in only reshapes each label's probability scale, which is what the decision's calibration
+    is fitted for (trying it would fit that reshaping to the OOF rows).
+    """
+    add = np.eye(n)
+    singles = [blend_score(add[m]) for m in range(n)]
+    best = int(np.argmax(singles))  # the first model on ties
+    weights, score = add[best], singles[best]
+    for s in range(2, steps + 1):
+        mixed = {m: (1 - 1 / s) * weights + add[m] / s for m in addable}
+        scores = {m: blend_score(w) for m, w in mixed.items()}
+        m = max(scores, key=scores.get, default=None)  # the first model on ties
+        if m is not None and scores[m] > score:
+            weights, score = mixed[m], scores[m]
+    return weights / weights.sum()
+
+
+def optuna_weights(blend_score: Callable[[np.ndarray], float], n: int, trials: int, seed: int) -> np.ndarray:
+    """Optuna TPE over weights in [0, 1] (normalised), from the plain mean."""
     study = optuna.create_study(direction="maximize", sampler=_sampler(seed))
     study.enqueue_trial({f"w{m}": 1.0 for m in range(n)})  # the plain mean is always a candidate
-    exact = stack.astype(np.float64)  # combine() would cast the stack on every trial; the cast is exact
 
     def objective(trial):
         w = np.array([trial.suggest_float(f"w{m}", 0.0, 1.0) for m in range(n)])
-        if w.sum() <= 0:
-            return 0.0
-        return best_global_threshold(y, combine(exact, w))[1]
+        return blend_score(w) if w.sum() > 0 else 0.0
 
     study.optimize(objective, n_trials=trials)
     w = np.array([study.best_params[f"w{m}"] for m in range(n)])
@@ -215,10 +271,13 @@ def tune_thresholds(y: np.ndarray, probs: np.ndarray, trials: int, seed: int, st
 
 
 def fit_tuning(stack: np.ndarray, y: np.ndarray, cfg: Config) -> Tuned:
-    weights = tune_weights(stack, y, cfg.tune.trials, cfg.seed)
+    start = time.process_time()
+    weights = search_weights(stack, y, cfg)
+    searched = time.process_time() - start
     blend = combine(stack, weights)
     t0, _ = best_global_threshold(y, blend)
-    return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0), fit_calibration(y, blend))
+    return Tuned(weights, t0, tune_thresholds(y, blend, cfg.tune.threshold_trials, cfg.seed, t0), fit_calibration(y, blend),
+                 searched)
 
 
 def nested_tunings(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Config) -> list[Tuned]:
@@ -229,18 +288,21 @@ def nested_tunings(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cf
 def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Config) -> dict:
     """At-0.5, in-sample tuned and nested scores of one blend (a single model is a blend of one).
 
-    samples_f1_tuned/nested follow tune.decision; by_decision has both decisions' scores side by side.
+    samples_f1_tuned/nested follow tune.decision; by_decision has both decisions' scores side by side. row_f1 is
+    each row's nested F1 under tune.decision (scored by the tuning fitted without its fold): what intervals resample.
     """
     decision = cfg.tune.decision
     tuned = fit_tuning(stack, y, cfg)
     blend = combine(stack, tuned.weights)
     plain = combine(stack, np.ones(len(stack)))
     in_sample = {d: tuned.label_sets(blend, d) for d in DECISIONS}
-    per_fold = []
+    per_fold, row_f1, searched = [], np.empty(len(y)), tuned.search_seconds
     for k, inner in enumerate(nested_tunings(stack, y, fold_of_row, cfg)):
         held = fold_of_row == k
         held_blend = combine(stack[:, held], inner.weights)
-        nested = {d: samples_f1_binary(y[held], inner.label_sets(held_blend, d)) for d in DECISIONS}
+        rows = {d: per_row_f1_binary(y[held], inner.label_sets(held_blend, d)) for d in DECISIONS}
+        row_f1[held], searched = rows[decision], searched + inner.search_seconds
+        nested = {d: float(np.mean(r)) for d, r in rows.items()}
         per_fold.append({"fold": k, "samples_f1_at_0.5": samples_f1(y[held], plain[held]),
                          "samples_f1_tuned": samples_f1_binary(y[held], in_sample[decision][held]),
                          "samples_f1_nested": nested[decision], "nested_by_decision": nested,
@@ -252,7 +314,7 @@ def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Con
         "samples_f1_at_0.5": samples_f1(y, plain),
         "samples_f1_global": samples_f1(y, blend, tuned.global_threshold),
         **by_decision[decision], "by_decision": by_decision, "decision": decision,
-        "tuned": tuned, "per_fold": per_fold,
+        "tuned": tuned, "per_fold": per_fold, "row_f1": row_f1, "search_seconds": searched,
     }
 
 
@@ -260,17 +322,22 @@ def blend_models(cfg: Config) -> list[str]:
     return cfg.tune.models or [m for m in cfg.models]
 
 
-def tune(cfg: Config, comp: Competition) -> dict:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    models = blend_models(cfg)
-    fold_of_row = read_folds(cfg, comp)
+def load_models(cfg: Config, comp: Competition, models: list[str]) -> tuple[dict, dict, dict]:
+    """Each model's OOF and test probabilities on the tune.blend scale, and its OOF files' content hashes."""
     oofs, tests, contents = {}, {}, {}
     for model in models:
         oofs[model], tests[model], metas = collect_oof(cfg, comp, model)
         contents[model] = [meta["content"] for meta in metas]
-    if cfg.tune.blend == "rank":
-        for model in models:
+        if cfg.tune.blend == "rank":
             oofs[model], tests[model] = rank_transform(oofs[model], tests[model])
+    return oofs, tests, contents
+
+
+def tune(cfg: Config, comp: Competition) -> dict:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    models = blend_models(cfg)
+    fold_of_row = read_folds(cfg, comp)
+    oofs, tests, contents = load_models(cfg, comp, models)
     start = time.time()
     results = {}
     for model in models:
@@ -288,21 +355,35 @@ def tune(cfg: Config, comp: Competition) -> dict:
     log.info(f"tune blend: samples-F1 at 0.5 {blend['samples_f1_at_0.5']:.4f}  global threshold "
              f"{tuned.global_threshold:.2f} -> {blend['samples_f1_global']:.4f}  {cfg.tune.decision} "
              f"{blend['samples_f1_tuned']:.4f} (in-sample)  nested {blend['samples_f1_nested']:.4f} "
-             f"(expected leaderboard score)  [{seconds:.1f}s]")
+             f"(expected leaderboard score)  [{seconds:.1f}s; weights searched ({cfg.tune.search}) in "
+             f"{blend['search_seconds']:.1f} CPU s over {cfg.n_folds + 1} fits]")
     log.info(f"tune blend: {_decisions(blend)}")
+    members, groups = modality_groups(cfg, models), {}
+    for group, names in members.items():  # what a second backbone adds to the first
+        groups[group] = evaluate(np.stack([oofs[m] for m in names]), comp.y, fold_of_row, cfg)
+        log.info(f"tune blend of the {group} ({', '.join(names)}): nested {groups[group]['samples_f1_nested']:.4f}")
     record = {
-        "blend": cfg.tune.blend, "decision": cfg.tune.decision, "models": models, "weights": weights,
+        "blend": cfg.tune.blend, "decision": cfg.tune.decision, "search": cfg.tune.search, "models": models,
+        "weights": weights,
         **tuned.to_record(),
         "f1": {k: blend[k] for k in ("samples_f1_at_0.5", "samples_f1_global", "samples_f1_tuned", "samples_f1_nested")},
         "by_decision": blend["by_decision"], "per_fold": blend["per_fold"],
-        "per_model": {m: {**{k: v for k, v in r.items() if k != "tuned"}, **r["tuned"].to_record()}
+        "per_model": {m: {**{k: v for k, v in r.items() if k not in ("tuned", "row_f1")}, **r["tuned"].to_record()}
                       for m, r in results.items()},
         "n_folds": cfg.n_folds, "provenance": _blend_provenance(cfg, comp, models, contents), "seconds": seconds,
+        "search_seconds": blend["search_seconds"],
+        "groups": {group: {"models": members[group], "samples_f1_nested": r["samples_f1_nested"],
+                           "weights": dict(zip(members[group], r["tuned"].weights.tolist()))}
+                   for group, r in groups.items()},
     }
     final_oof = combine(stack, tuned.weights)
     final_test = combine(np.stack([tests[m] for m in models]), tuned.weights)
+    # nested_f1: each row's nested F1 of every model (record["models"] order), then of the blend, then of each
+    # group's blend (record["groups"] order); fold: its fold. report and compare resample them for intervals.
     save_arrays(cfg.out / "oof" / "blend.npz", record["provenance"], oof_ids=comp.train["ImageID"].to_numpy(dtype=str),
-                oof=final_oof, test_ids=comp.test["ImageID"].to_numpy(dtype=str), test=final_test)
+                oof=final_oof, test_ids=comp.test["ImageID"].to_numpy(dtype=str), test=final_test,
+                nested_f1=np.stack([*(results[m]["row_f1"] for m in models), blend["row_f1"],
+                                    *(r["row_f1"] for r in groups.values())]), fold=fold_of_row)
     write_json(cfg.out / "oof" / "blend.json", record)
     return record
 

@@ -57,6 +57,10 @@ TRAINING_KEYS = ("seed", "n_folds", "limit", "epochs", "batch_size", "patience",
 SHARED_KEYS = ("n_folds", "limit", "on_bad_image")
 VARIANT_TRAINING_KEYS = tuple(k for k in TRAINING_KEYS if k not in SHARED_KEYS)
 
+# The kinds that read one modality alone: tune also blends each group on its own, so a report can say what a
+# second backbone adds to the first, or a second caption model to the first.
+MODALITIES = {"image models": ("image", "embed"), "caption models": ("bilstm", "tfidf", "minilm")}
+
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name under oof/ and checkpoints/
 
 
@@ -234,3 +238,10 @@ def check_stacks(cfg) -> None:
     """The run's own fusion.* and joint.* names (what the built-in fusion and joint take)."""
     for name in ("fusion", "joint"):
         _check_upstream(cfg, name, "")
+
+
+def modality_groups(cfg, names: list[str]) -> dict[str, list[str]]:
+    """{"image models": [...], ...}: each modality with at least two of `names`, unless it holds them all (then its
+    blend is the blend)."""
+    groups = {group: [n for n in names if kind_of(cfg, n) in kinds] for group, kinds in MODALITIES.items()}
+    return {group: members for group, members in groups.items() if 2 <= len(members) < len(names)}

@@ -190,3 +190,20 @@ def test_submit_names_the_missing_fold_to_rerun(missing_fold_submit):
     assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
     assert "fold=1" in errors[0] and "models=tfidf" in errors[0] and "fold1.npz" in errors[0]
     assert not (copy / "submissions" / "submission.csv").exists() and not list(copy.rglob("*.tmp"))
+
+
+def test_blend_search_bench_tabulates_the_out_dir(finished):
+    """bench/blend_search.py on the `all` run's out_dir (its trained settings come from oof/config.json), with a
+    duplicate and a constant model added: a row per size and search, and greedy never takes the duplicate."""
+    import subprocess
+    import sys
+
+    data, out = finished
+    proc = subprocess.run([sys.executable, "bench/blend_search.py", f"data_dir={data}", f"out_dir={out}", "--add",
+                           "copy:tfidf", "--add", "constant", "--sizes", "1,3", "report.resamples=200"],
+                          cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith("| ")][1:]  # after the header
+    assert [row.split(" | ")[:2] for row in rows] == [["| 1", "`tune.search=optuna_global`"], ["| 1", "`tune.search=greedy`"],
+                                                      ["| 3", "`tune.search=optuna_global`"], ["| 3", "`tune.search=greedy`"]]
+    assert all(row.count("[") == 3 for row in rows) and "copy of tfidf" not in rows[3]

@@ -99,7 +99,11 @@ def test_all_writes_a_valid_submission(finished):
 def test_report_has_the_documented_schema_and_figures(finished):
     root, proc = finished
     report = json.loads((root / "out" / "oof" / "report.json").read_text())
-    assert set(report) == {"models", "blend"}
+    assert set(report) == {"models", "blend", "groups"}
+    images = report["groups"]["image models"]  # the image models blended on their own, nested, with its interval
+    assert images["models"] == ["resnet50", "convnext", "lite0"] and set(images["weights"]) == set(images["models"])
+    assert images["nested_95"]["low"] <= images["samples_f1_nested"] <= images["nested_95"]["high"]
+    assert images["against_its_best"]["model"] in images["models"] and "blend of the image models" in proc.stderr
     for name in NAMES:
         entry = report["models"][name]
         for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "per_label", "per_fold"):
@@ -109,6 +113,13 @@ def test_report_has_the_documented_schema_and_figures(finished):
         assert name in proc.stderr  # the console table names every model
     for key in ("samples_f1_at_0.5", "samples_f1_tuned", "samples_f1_nested", "weights", "thresholds"):
         assert key in report["blend"]
+    for name, entry in [*report["models"].items(), ("blend", report["blend"])]:  # every nested score has its interval
+        assert entry["nested_95"]["low"] <= entry["samples_f1_nested"] <= entry["nested_95"]["high"], name
+        assert abs(entry["nested_95"]["score"] - entry["samples_f1_nested"]) < 1e-12, name
+    best = max(report["models"], key=lambda m: report["models"][m]["samples_f1_nested"])
+    assert "against_best" not in report["models"][best] and report["blend"]["against_best"]["model"] == best
+    assert report["blend"]["leaderboard_noise"]["test_rows"] == 25
+    assert "nested [95% interval]" in proc.stderr and "Leaderboard noise" in proc.stderr
     assert set(report["blend"]["weights"]) == set(NAMES)
     md = (root / "out" / "oof" / "report.md").read_text()
     for figure in ("per_label_f1.png", "f1_vs_threshold.png", "blend_weights.png"):

@@ -87,3 +87,60 @@ def test_nested_tuning_for_fold_k_never_reads_fold_k_labels():
         again = nested_tunings(stack, permuted, fold_of_row, cfg)
         assert _same_tuning(again[k], base[k])
         assert not all(_same_tuning(again[j], base[j]) for j in range(3) if j != k)
+
+
+# ---- the blend's weight search: models that add nothing cost nothing, models that help are used --------------------
+
+def _evaluate(stack: np.ndarray, y: np.ndarray, *keys: str) -> dict:
+    from solution.config import build_config
+    from solution.tune import evaluate
+
+    cfg = build_config(["n_folds=3", "tune.threshold_trials=3", *keys])
+    return evaluate(stack, y, np.arange(len(y)) % 3, cfg)
+
+
+def _noisy(truth: np.ndarray, rng, sd: float) -> np.ndarray:
+    """The true probabilities seen through independent noise on the logit: models whose errors partly cancel."""
+    logit = np.log(truth / (1 - truth)) + rng.normal(0, sd, truth.shape)
+    return (1 / (1 + np.exp(-logit))).astype(np.float32)
+
+
+def test_duplicates_and_a_constant_model_leave_the_nested_score_of_the_model_exactly():
+    """A duplicate gives the same blend (no gain), and a constant says nothing about any row: neither is taken."""
+    y, truth, rng = case(4, rows=600)
+    a = _noisy(truth, rng, 1.0)
+    constant = np.broadcast_to(y.mean(axis=0), y.shape).astype(np.float32)
+    alone = _evaluate(a[None], y)
+    blend = _evaluate(np.stack([a, a, a, constant]), y)
+    assert blend["tuned"].weights.tolist() == [1.0, 0.0, 0.0, 0.0]
+    assert blend["samples_f1_nested"] == alone["samples_f1_nested"]
+    assert np.array_equal(blend["row_f1"], alone["row_f1"])
+
+
+@pytest.mark.parametrize("search", ["greedy", "optuna"])
+def test_a_blend_of_models_with_independent_errors_beats_each_of_them_nested(search):
+    y, truth, rng = case(5, rows=600)
+    models = [_noisy(truth, rng, 1.2) for _ in range(3)]
+    best = max(_evaluate(m[None], y)["samples_f1_nested"] for m in models)
+    blend = _evaluate(np.stack(models), y, f"tune.search={search}", "tune.trials=10")
+    assert (blend["tuned"].weights > 0).sum() >= 2
+    assert blend["samples_f1_nested"] > best + 0.005
+
+
+def test_many_models_with_duplicates_noise_and_a_constant_do_not_score_below_the_best_single_model_nested():
+    """Two useful models, their duplicates, a much noisier model, a constant (each label's frequency) and an all-0.5
+    model: the blend keeps the gain of the useful two (the others, scored alone, are far below them)."""
+    y, truth, rng = case(6, rows=600)
+    a, b = _noisy(truth, rng, 1.0), _noisy(truth, rng, 1.0)
+    junk = [a, b, _noisy(truth, rng, 3.0), np.broadcast_to(y.mean(axis=0), y.shape).astype(np.float32),
+            np.full(y.shape, 0.5, np.float32)]
+    best = max(_evaluate(m[None], y)["samples_f1_nested"] for m in (a, b))
+    assert _evaluate(np.stack([a, b, *junk]), y)["samples_f1_nested"] >= best
+
+
+def test_the_nested_score_is_the_fold_mean_of_the_saved_per_row_scores():
+    from solution.stats import fold_mean
+
+    y, truth, rng = case(7, rows=300)
+    result = _evaluate(np.stack([_noisy(truth, rng, 1.0), _noisy(truth, rng, 1.0)]), y)
+    assert abs(fold_mean(result["row_f1"], np.arange(300) % 3) - result["samples_f1_nested"]) < 1e-12
