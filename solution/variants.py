@@ -118,6 +118,8 @@ def describe(cfg, name: str) -> str:
         what += f": {resolved.image.model} @ {resolved.image.size} px"
     elif kind == "embed":
         what += f": {resolved.embed.model}, frozen"
+    elif kind == "fusion":
+        what += f": on {' and '.join(upstream_names(cfg, name).values())}"
     settings = {k: v for k, v in cfg.variant.get(name, {}).items() if k != "kind"}
     if settings:
         what += "; " + ", ".join(f"{k}={v}" for k, v in settings.items())
