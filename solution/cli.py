@@ -67,7 +67,13 @@ def run(command: str, overrides: list[str]) -> None:
 
         with log.silenced():  # weights that cannot be had: one line, before folds, the cache and torchrun
             for model in training_order(cfg, cfg.models):
-                model.spec.preflight(model.cfg)
+                try:
+                    model.spec.preflight(model.cfg)
+                except UserError as err:
+                    if model.name not in cfg.variant:
+                        raise
+                    raise UserError(f"variant {model.name}: {err} (a variant's keys go in its own declaration: its "
+                                    f"[{model.name}] table in variants=FILE, or variant.{model.name}.KEY=VALUE)") from None
     if cfg.gpus > 1 and not distributed.launched():
         if command not in ("train", "all"):
             raise UserError(f"gpus={cfg.gpus} applies to train and all (the image networks); drop it for {command}")

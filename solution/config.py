@@ -103,9 +103,10 @@ class FusionConfig:
     epochs: int = _opt(40, "max epochs for the fusion head")
     batch_size: int = _opt(256, "rows per batch")
     lr: float = _opt(1e-3, "learning rate")
-    image_model: str = _opt("resnet50", "model whose fold features feed the fusion head (a model of kind image or "
+    image_model: str = _opt("resnet50", "model whose fold features feed the fusion head (a model of kind image, embed or "
                                         "bilstm: built-in or a variant)")
-    text_model: str = _opt("bilstm", "the second model whose fold features feed the fusion head (kind image or bilstm)")
+    text_model: str = _opt("bilstm", "the second model whose fold features feed the fusion head (kind image, embed or "
+                                     "bilstm)")
 
 
 @dataclass
@@ -162,8 +163,8 @@ class Config:
     n_folds: int = _opt(5, "number of stratified folds")
     seed: int = _opt(42, "seed for folds, weights, shuffling and Optuna")
     models: list = _opt_factory(lambda: ["resnet50", "bilstm", "tfidf", "minilm", "fusion"],
-                                "comma list of models: built-in (resnet50, bilstm, tfidf, minilm, fusion, joint) or "
-                                "declared variants")
+                                "comma list of models: built-in (resnet50, embed, bilstm, tfidf, minilm, fusion, "
+                                "joint) or declared variants")
     variants: str = _opt("", "TOML file of named model variants, one table each: [name] kind = \"image\" and that "
                              "kind's settings (README: Ensembling several backbones)")
     device: str = _opt("auto", "where to train", ("auto", "cpu", "cuda"))
@@ -226,12 +227,6 @@ class Config:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-    def section_hash(self, *names: str) -> str:
-        """Hash of the settings a model depends on, so a stale artefact can be told from a fresh one."""
-        d = self.to_dict()
-        keep = {k: d[k] for k in names}
-        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:12]
 
     def full_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
@@ -357,11 +352,7 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
         value = convert_setting(key, raw)
         fold_given = fold_given or key == "fold"
         variants_given = variants_given or key == "variants"
-        target = cfg
-        *path, leaf = key.split(".")
-        for p in path:
-            target = getattr(target, p)
-        setattr(target, leaf, value)
+        set_key(cfg, key, value)
     if not fold_given and base is None:
         cfg.fold = list(range(cfg.n_folds))  # the default is every fold, whatever n_folds is
     check_ranges(cfg)
@@ -414,7 +405,20 @@ def validate(cfg: Config) -> None:
         if unknown:
             raise UserError(f"bad value for {key}: '{unknown[0]}'; allowed: {', '.join(names)} (a variant must be "
                             "declared in variants=FILE or as variant.NAME.kind=KIND)")
+        twice = [m for i, m in enumerate(chosen) if m in chosen[:i]]
+        if twice:
+            raise UserError(f"bad value for {key}: '{twice[0]}' is listed twice; name each model once (a second copy "
+                            "of a model is a variant with its own name)")
     check_stacks(cfg)
+
+
+def set_key(cfg: Config, key: str, value) -> None:
+    """Set a dotted key (image.size) of a config to a value that is already typed."""
+    target = cfg
+    *path, leaf = key.split(".")
+    for p in path:
+        target = getattr(target, p)
+    setattr(target, leaf, value)
 
 
 def _get(cfg: Config, key: str):
@@ -443,16 +447,13 @@ def config_from_dict(saved: dict) -> Config:
     """Rebuild a Config from its saved dict (unknown keys from other versions are ignored)."""
     cfg = Config()
     for key, _, _, _ in iter_keys(cfg):
-        value, target = saved, cfg
-        *path, leaf = key.split(".")
+        value = saved
         try:
             for p in key.split("."):
                 value = value[p]
         except (KeyError, TypeError):
             continue
-        for p in path:
-            target = getattr(target, p)
-        setattr(target, leaf, value)
+        set_key(cfg, key, value)
     cfg.variant = saved.get("variant", {})
     return cfg
 

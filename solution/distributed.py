@@ -8,6 +8,7 @@ every function here is what a single process would do, so the rest of the code c
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import subprocess
 import sys
@@ -61,7 +62,9 @@ def init(device: torch.device) -> None:
         return
     if device.type == "cuda":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    # The other ranks wait while rank 0 alone fills the image cache and embeds every image for each frozen
+    # backbone: an hour and more on 40,000 photos, far past the 10-minute default of a collective's wait.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
 
 
 def barrier() -> None:

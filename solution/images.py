@@ -64,8 +64,13 @@ def _size(n: int) -> str:
     return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
 
 
-def _signature(path: Path) -> str:
-    st = path.stat()
+def signature(path: Path) -> str:
+    """What a cached array of this file was computed from: its size and modification time ("missing" when it is
+    not there), so a changed file is computed again, never served stale."""
+    try:
+        st = path.stat()
+    except OSError:
+        return "missing"
     return f"{st.st_size}-{st.st_mtime_ns}"
 
 
@@ -114,9 +119,9 @@ class ImageStore:
             if not p.is_file():
                 bad.append(BadImage(p, "file not found"))
                 continue
-            key, signature = self._key(p), _signature(p)  # taken before decoding: a later change is seen next run
-            if key not in todo and (self.cache is None or not self.cache.cached(key, signature)):
-                todo[key] = (p, signature)
+            key, sig = self._key(p), signature(p)  # taken before decoding: a later change is seen next run
+            if key not in todo and (self.cache is None or not self.cache.cached(key, sig)):
+                todo[key] = (p, sig)
         if todo and self.cache_dir is not None:
             self._check_room([p for p, _ in todo.values()], list(todo))
         if todo:
@@ -129,11 +134,11 @@ class ImageStore:
             batch, batch_bytes = [], 0
             try:
                 progress = tqdm(zip(todo.items(), results), total=len(jobs), desc=label, unit="img", dynamic_ncols=True)
-                for (key, (path, signature)), (arr, err) in progress:
+                for (key, (path, sig)), (arr, err) in progress:
                     if err is not None:
                         bad.append(BadImage(path, err))
                     elif self.cache_dir is not None:
-                        batch.append((key, signature, arr))
+                        batch.append((key, sig, arr))
                         batch_bytes += arr.nbytes
                         if batch_bytes >= BATCH_BYTES:
                             full, batch, batch_bytes = batch, [], 0  # emptied first: a failed append is not retried

@@ -2,7 +2,8 @@
 
 fold<k>.npz          val_ids, val_probs (fold k rows), test_ids, test_probs; meta: provenance, best F1/epoch
 fold<k>.json         the same meta, readable: early-stopping F1 and epoch, OOF F1, per-epoch history
-fold<k>_features.npz train_ids/train, val_ids/val, test_ids/test pooled features (networks only)
+fold<k>_features.npz train_ids/train, val_ids/val, test_ids/test pooled features (image, embed, bilstm kinds)
+config.json          the model's kind, its variant settings and the full config it trains with
 checkpoints/<model>/fold<k>/fold.json  the fold's record: full resolved config, provenance, the content
                      hashes of its OOF and feature arrays and of its weight files (what `predict` rebuilds from)
 Every file carries its ImageIDs, provenance and content hash, and every reader checks them.
@@ -27,13 +28,17 @@ from .models import FoldOutput, resolve
 from .variants import KINDS, kind_of, settings_identity
 
 
-def provenance(cfg: Config, comp, model: str, k: int) -> dict:
+def provenance(cfg: Config, comp, model: str, k: int, store=None) -> dict:
     """What fold k of `model` is made from: data, folds, its settings, for caption models the text pipeline
-    (stop list, normaliser, vectors: the same settings on another machine must give the same tokens), and,
-    for a stack, the content hashes of the upstream feature arrays it reads (so retraining an upstream fold
-    makes the stack's fold stale). `cfg` is the run's config; the model's own settings are resolved here."""
+    (stop list, normaliser, vectors: the same settings on another machine must give the same tokens), for a
+    stack the content hashes of the upstream feature arrays it reads (so retraining an upstream fold makes the
+    stack's fold stale), and, given the store the model reads, that store's identity (embed: the frozen
+    backbone's weights by content and its preprocessing; only `train` and `predict` build it, and a reader
+    that does not checks the rest). `cfg` is the run's config; the model's own settings are resolved here."""
     resolved = resolve(cfg, model)
     prov = {"data": comp.fingerprint, "folds": folds_hash(cfg), "config": settings_hash(cfg, model)}
+    if getattr(store, "identity", None):
+        prov["embeddings"] = store.identity
     if "text" in KINDS[resolved.kind].sections:
         prov["text"] = pipeline_identity(resolved.cfg)
     if resolved.upstream:

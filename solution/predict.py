@@ -4,7 +4,7 @@ Every fold model is rebuilt from its checkpoint record (checkpoints/<model>/fold
 resolved config it was trained with, its provenance and the hashes of its OOF arrays and weight files),
 and used only when the record matches what `tune` blended. So on the training run's own test.csv,
 `predict` writes exactly the submission `submit` writes, and otherwise refuses in one line.
-Only data_dir, out_dir, device and num_workers (and batch_size when given) come from this run.
+Only data_dir, out_dir, device, num_workers and on_bad_image (and batch_size when given) come from this run.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from .oof import oof_path, read_record, weight_files
 from .submit import write_submission
 from .tune import combine, rank_transform
 
-RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers")
+RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers", "on_bad_image")  # what to do with this test.csv
 
 
 def _verified_record(cfg: Config, blend: dict, model: str, k: int) -> dict:
@@ -42,6 +42,15 @@ def _verified_record(cfg: Config, blend: dict, model: str, k: int) -> dict:
     if tuned_on is not None and tuned_on[k] != record["oof"]:
         raise UserError(f"{model} fold {k} was retrained after ./run.sh tune; rerun ./run.sh tune, then predict")
     return record
+
+
+def _check_store(store, record: dict, name: str) -> None:
+    """A frozen backbone must embed as it did for training: the same weights (by content) and preprocessing."""
+    trained, now = record["provenance"].get("embeddings"), getattr(store, "identity", None)
+    if trained and trained != now:
+        raise UserError(f"{name} was trained on the embeddings {trained}, but its backbone now gives {now} (other "
+                        f"weights or preprocessing); restore them, or rerun ./run.sh train models={name}, then "
+                        "./run.sh tune")
 
 
 def _tuned_oof(cfg: Config, blend: dict, model: str, k: int) -> np.ndarray:
@@ -103,7 +112,8 @@ def predict(cfg: Config) -> None:
         outputs: dict[str, tuple] = {}
         for name, (record, model) in models.items():
             if name not in stores:
-                stores[name] = model.spec.store(model.cfg, images)
+                stores[name] = model.spec.store(model, images)
+                _check_store(stores[name], record, name)
             job = FoldJob(model.cfg, comp, np.zeros(0, int), k, name, record["provenance"], stores[name])
             outputs[name] = model.spec.infer(job, comp.test, outputs)
             probs.setdefault(name, []).append(np.asarray(outputs[name][0], dtype=np.float32))

@@ -34,21 +34,23 @@ class ImageSource:
     def paths(self) -> list:
         return [self.comp.image_dir / i for frame in self.frames for i in frame["ImageID"]]
 
-    def at(self, side: int):
-        """The prepared ImageStore at `side` px: every image checked (and cached, with image.cache=true)."""
-        from .models.image import image_store
+    def at(self, image):
+        """The prepared ImageStore of a model's image settings (image.size, image.cache): every image checked, and
+        cached when image.cache=true."""
+        from .images import ImageStore
 
-        if side not in self._stores:
+        side, cached = image.size, image.cache
+        if (side, cached) not in self._stores:
             if not self.comp.image_dir.is_dir():
                 from .errors import UserError
 
                 raise UserError(f"{self.comp.image_dir} does not exist; image models need data_dir/data/<ImageID> "
                                 "(or choose caption models only, e.g. models=bilstm,tfidf)")
-            store = image_store(self.cfg, side)
+            store = ImageStore(self.cfg.out / "cache" if cached else None, side)
             bad = store.prepare(self.paths(), self.cfg.worker_count(), skip_bad=self.cfg.on_bad_image == "skip")
             report_skipped(bad, self.cfg.out / "logs" / "skipped_images.txt")
-            self._stores[side] = store
-        return self._stores[side]
+            self._stores[side, cached] = store
+        return self._stores[side, cached]
 
 
 def train(cfg: Config, comp: Competition) -> None:
@@ -57,14 +59,15 @@ def train(cfg: Config, comp: Competition) -> None:
     fold_of_row = distributed.main_first(lambda: make_folds(cfg, comp))
     order = training_order(cfg, cfg.models)
     images = ImageSource(cfg, comp, (comp.train, comp.test))
-    stores = distributed.main_first(lambda: {m.name: m.spec.store(m.cfg, images) for m in order})
+    stores = distributed.main_first(lambda: {m.name: m.spec.store(m, images) for m in order})
     main = distributed.is_main()
     if main:
         save_config(cfg, cfg.out / "oof" / "config.json")
     for model in order:
         for k in cfg.fold:
             distributed.barrier()  # every rank sees the same finished folds
-            prov = provenance(cfg, comp, model.name, k)  # per fold: a stack's depends on its upstream fold's features
+            # per fold: a stack's depends on its upstream fold's features, an embed model's on its backbone
+            prov = provenance(cfg, comp, model.name, k, stores[model.name])
             job = FoldJob(model.cfg, comp, fold_of_row, k, model.name, prov, stores[model.name], run_cfg=cfg,
                           training=True)
             if fold_done(cfg, comp, model.name, k, prov):

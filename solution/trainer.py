@@ -162,6 +162,13 @@ class BatchSetting:
     key: str  # what the user lowers: image.batch_size, or batch_size (every network; what predict takes)
     value: int
     context: str = ""  # the other settings that bear on memory, e.g. "image.model=resnet50, image.size=224"
+    variant: str = ""  # the declared variant whose own settings set `key` (there it must change: they win)
+
+    def assign(self, value: int) -> str:
+        if self.variant:
+            return (f"{self.key}={value} in the declaration of variant {self.variant} (its [{self.variant}] table in "
+                    f"variants=FILE, or variant.{self.variant}.{self.key}={value})")
+        return f"{self.key}={value}"
 
 
 OUT_OF_MEMORY = object()
@@ -200,9 +207,9 @@ def out_of_memory(label: str, batch: BatchSetting, rows: int, device: torch.devi
     torch.cuda.empty_cache()
     fits = 0 if distributed.active() else largest_fitting(step, rows)
     if fits:
-        fix = f"{fits} rows fit (one step tried): rerun with {batch.key}={max(1, batch.value * fits // rows)}"
+        fix = f"{fits} rows fit (one step tried): rerun with {batch.assign(max(1, batch.value * fits // rows))}"
     elif distributed.active():
-        fix = f"rerun with {batch.key}={max(1, batch.value // 2)} (not probed in a several-process run)"
+        fix = f"rerun with {batch.assign(max(1, batch.value // 2))} (not probed in a several-process run)"
     else:
         fix = "not even 1 row fits: choose a smaller model or image.size, or device=cpu"
     context = f", {batch.context}" if batch.context else ""

@@ -411,7 +411,7 @@ def check_blend_fresh(cfg: Config, comp: Competition, record: dict) -> None:
             detail = f": {', '.join(changed)} retrained since" if key == "oof" else ""
             raise UserError(f"{cfg.out / 'oof' / 'blend.json'} is stale (its {key} differ from the current run{detail}); "
                             "rerun ./run.sh tune")
-    for key in ("blend", "decision"):
+    for key in ("blend", "decision", "search"):
         if record.get(key) != getattr(cfg.tune, key):
             raise UserError(f"{cfg.out / 'oof' / 'blend.json'} was tuned with tune.{key}={record.get(key)}, this run "
                             f"asks for tune.{key}={getattr(cfg.tune, key)}; rerun ./run.sh tune")

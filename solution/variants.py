@@ -61,6 +61,7 @@ VARIANT_TRAINING_KEYS = tuple(k for k in TRAINING_KEYS if k not in SHARED_KEYS)
 # second backbone adds to the first, or a second caption model to the first.
 MODALITIES = {"image models": ("image", "embed"), "caption models": ("bilstm", "tfidf", "minilm")}
 
+RESERVED = ("blend", "figures")  # the blend's own rows and files, and the report's figures folder under oof/
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # a folder name under oof/ and checkpoints/
 
 
@@ -90,12 +91,10 @@ def model_config(cfg, name: str):
 
 
 def _apply(cfg, settings: dict) -> None:
+    from .config import set_key
+
     for key, value in settings.items():
-        target = cfg
-        *path, leaf = key.split(".")
-        for part in path:
-            target = getattr(target, part)
-        setattr(target, leaf, value)
+        set_key(cfg, key, value)
 
 
 def settings_identity(cfg, name: str) -> dict:
@@ -189,8 +188,8 @@ def _checked(cfg, where: str, name: str, table: dict) -> dict:
     at = f"{where}: variant '{name}'"
     if not NAME.fullmatch(name):
         raise UserError(f"{at}: a name must start with a letter or digit and hold only letters, digits, '_' and '-'")
-    if name in BUILTINS or name in KINDS:
-        raise UserError(f"{at}: the name is taken by the built-in model or kind '{name}'; choose another name")
+    if name in BUILTINS or name in KINDS or name.lower() in RESERVED:
+        raise UserError(f"{at}: the name is taken by a built-in model, a kind or the blend ('{name}'); choose another name")
     kind = table.get("kind")
     if kind not in KINDS:
         shown = f"kind '{kind}' is unknown" if kind is not None else "no kind given"

@@ -260,6 +260,7 @@ def test_joint_takes_its_branches_settings_from_the_models_it_names():
     ('[a]\nkind = "image"\nimage.size = 0\n', ["variant 'a'", "image.size"]),
     ('[a]\nkind = "image"\nn_folds = 3\n', ["variant 'a'", "n_folds"]),
     ('[bilstm]\nkind = "bilstm"\n', ["variant 'bilstm'", "taken"]),
+    ('[Blend]\nkind = "image"\n', ["variant 'Blend'", "taken"]),
     ('["a/b"]\nkind = "image"\n', ["variant 'a/b'", "name"]),
     ('[f]\nkind = "fusion"\nfusion.image_model = "tfidf"\n', ["variant 'f'", "fusion.image_model", "'tfidf'"]),
     ('[a]\nkind = "image"\n[a]\n', ["not valid TOML", "line 3"]),
@@ -283,6 +284,8 @@ def test_a_variant_declared_twice_or_never_is_refused(tmp_path):
         build_config([f"variants={path}", "variant.a.kind=image"])
     with pytest.raises(UserError, match="bad value for models: 'b'"):
         build_config([f"variants={path}", "models=a,b"])
+    with pytest.raises(UserError, match="bad value for tune.models: 'a' is listed twice"):
+        build_config([f"variants={path}", "models=a,bilstm", "tune.models=a,a"])
 
 
 def test_cli_bad_variant_file_is_one_line_before_anything_is_written(run_cli, assert_cli_error, tmp_path):
@@ -307,3 +310,11 @@ def test_the_shipped_variants_files_are_valid_and_name_real_timm_weights(name):
         for key in ("image.model", "embed.model"):
             if key in table:
                 assert table[key] in known, table
+
+
+def test_cli_a_variant_whose_backbone_cannot_be_built_is_one_line_naming_it(run_cli, assert_cli_error, demo_csv,
+                                                                               tmp_path):
+    proc = run_cli("train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "variant.cx.kind=image",
+                   "variant.cx.image.model=convnext_smal", "models=cx")
+    assert_cli_error(proc, "variant cx:", "image.model", "convnext_smal", "variant.cx.KEY=VALUE")
+    assert not (tmp_path / "O" / "folds").exists()

@@ -113,3 +113,53 @@ def test_two_processes_embedding_into_one_cache_give_the_arrays_of_one_process(t
     shared = embed.Embeddings(*_setup(tmp_path / "shared"))
     assert len(shared.cache.index) == len(paths)
     np.testing.assert_array_equal(_arrays(shared, paths), _arrays(alone, paths))
+
+
+def test_random_weights_come_from_the_seed_so_a_rerun_keys_the_same_cache(tmp_path):
+    cfg = _setup(tmp_path / "out")[0]
+    assert embed.frozen(cfg).identity == embed.frozen(cfg).identity
+    other = build_config([f"out_dir={tmp_path / 'out'}", "embed.model=test_resnet", "embed.pretrained=false",
+                          f"embed.size={SIDE}", "seed=7"])
+    assert embed.frozen(other).identity != embed.frozen(cfg).identity
+
+
+def test_predict_refuses_embeddings_of_other_weights_than_training_read():
+    from solution.errors import UserError
+    from solution.predict import _check_store
+
+    class Store:
+        identity = "embed_m_bbbb_1234"
+
+    _check_store(Store(), {"provenance": {"embeddings": "embed_m_bbbb_1234"}}, "lite0")  # the same: fine
+    with pytest.raises(UserError, match="lite0 was trained on the embeddings embed_m_aaaa_1234.*models=lite0"):
+        _check_store(Store(), {"provenance": {"embeddings": "embed_m_aaaa_1234"}}, "lite0")
+
+
+def test_out_of_memory_while_embedding_names_embed_batch_size_and_the_variant(tmp_path, noise_images, monkeypatch):
+    import solution.trainer as trainer
+    from solution.errors import UserError
+
+    cfg, net, prep = _setup(tmp_path / "out", "variant.big.kind=embed", "variant.big.embed.batch_size=4")
+    real = embed.FrozenNet.embed
+
+    def embed_small_batches(self, x):
+        if len(x) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return real(self, x)
+
+    monkeypatch.setattr(embed.FrozenNet, "embed", embed_small_batches)
+    monkeypatch.setattr(trainer, "gpu_memory", lambda device: "Simulated GPU (8.0 GiB)")
+    with pytest.raises(UserError) as info:
+        embed.Embeddings(cfg, net, prep, "big").fill(noise_images(6))
+    message = str(info.value)
+    assert "CUDA out of memory at 4 rows per batch (embed.batch_size=4" in message and "2 rows fit" in message
+    assert "embed.batch_size=2 in the declaration of variant big" in message, message
+
+
+def test_a_backbone_that_cannot_take_the_size_stops_before_anything_in_one_line():
+    from solution.errors import UserError
+
+    cfg = build_config(["embed.model=vit_tiny_patch16_224", "embed.pretrained=false", "embed.size=64"])
+    with pytest.raises(UserError, match="embed.model=vit_tiny_patch16_224 cannot embed 64 px images.*embed.size=0"):
+        embed.preflight(cfg)
+    embed.preflight(build_config(["embed.model=vit_tiny_patch16_224", "embed.pretrained=false"]))  # its 224 px: fine

@@ -318,7 +318,7 @@ def test_fold_k_predictions_do_not_depend_on_fold_k_labels(leak_setup, tmp_path,
         run_cfg = dataclasses.replace(cfg, out_dir=str(out), models=[model])
         run_comp = dataclasses.replace(comp, y=labels)
         resolved = resolve(run_cfg, model)
-        store = resolved.spec.store(resolved.cfg, ImageSource(run_cfg, run_comp, (comp.train, comp.test)))
+        store = resolved.spec.store(resolved, ImageSource(run_cfg, run_comp, (comp.train, comp.test)))
         job = FoldJob(resolved.cfg, run_comp, fold_of_row, 0, model, provenance(run_cfg, comp, model, 0), store,
                       run_cfg=run_cfg)
         seed_everything(cfg.seed * 100)  # as train() seeds each fold

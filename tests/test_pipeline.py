@@ -211,7 +211,7 @@ def test_infer_reproduces_every_models_saved_test_predictions(finished):
     upstream = {}
     for model in NAMES:
         resolved = recorded_model(cfg, read_record(cfg, model, 1))
-        store = resolved.spec.store(resolved.cfg, ImageSource(cfg, comp, (comp.test,)))
+        store = resolved.spec.store(resolved, ImageSource(cfg, comp, (comp.test,)))
         job = FoldJob(resolved.cfg, comp, np.zeros(0, int), 1, model, {}, store)
         upstream[model] = resolved.spec.infer(job, comp.test, upstream)
         saved = load_arrays(oof_path(cfg, model, 1))[1]["test_probs"]

@@ -16,6 +16,7 @@ from solution.config import build_config
 from solution.context import FoldJob
 from solution.data import load_competition
 from solution.errors import UserError
+from solution.images import ImageStore
 from solution.models import image
 from solution.pretrained import PACKAGED, checkpoint_path, installed, load_packaged, pip_name, to_timm
 from solution.trainer import save_checkpoint
@@ -109,7 +110,7 @@ def photos(coco_mini, tmp_path_factory):
                         "num_workers=0"])
     comp = load_competition(cfg.data_dir)
     job = FoldJob(cfg=cfg, comp=comp, fold_of_row=np.zeros(len(comp.train), int), k=0, model="resnet50",
-                  provenance={}, store=image.image_store(cfg, cfg.image.size))
+                  provenance={}, store=ImageStore(None, cfg.image.size))
     frame = comp.train[comp.train["ImageID"].isin(KINDS)]
     assert len(frame) == len(KINDS)
     for image_id, labels in zip(frame["ImageID"], frame["Labels"]):

@@ -30,8 +30,8 @@ class ModelSpec:
     kind: str  # a key of variants.KINDS
     run: Callable
     infer: Callable
-    store: Callable = lambda cfg, images: None  # what its folds read, made once per run from a train.ImageSource:
-    # an image store at its side (image kinds), cached embeddings (embed), nothing (caption models)
+    store: Callable = lambda model, images: None  # what its folds read, made once per run (from the Model and a
+    # train.ImageSource): an image store at its side (image kinds), cached embeddings (embed), nothing (caption models)
     preflight: Callable = lambda cfg: None  # checks, before any data is touched, what it needs (weights), in one line
     stacks: bool = False  # it reads the fold features of the models named by variants.upstream_names
     together: bool = False  # in a DDP run it trains on every rank (the image networks); else on rank 0 alone

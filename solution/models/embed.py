@@ -6,7 +6,9 @@ without gradients, on its own preprocessing (timm's data config: input size, cro
 The embeddings are cached per image under out_dir/cache, keyed by the backbone, its weights (by content), the
 preprocessing and the flip: a second run, another fold, `predict` on the same images or another process reads
 them, and nothing is decoded or embedded again. Images are cut into the same batches whichever process
-embeds them, so every process stores the same bits. The head's hidden layer is this model's feature for fusion.
+embeds them, so every process stores the same bits. That identity is part of every fold's provenance, so a
+backbone whose weights changed (another download, another file) retrains the heads, and `predict` refuses it.
+The head's hidden layer is this model's feature for fusion.
 """
 from __future__ import annotations
 
@@ -20,14 +22,14 @@ import numpy as np
 import torch
 from albumentations.pytorch import ToTensorV2
 from torch import nn
-from tqdm import tqdm
 
 from .. import log
 from ..artefacts import content_hash
 from ..cache import ArrayCache
 from ..context import FoldJob
-from ..images import BadImage, ImageStore, report_skipped
-from ..trainer import _to, autocast_dtype, make_loader, resolve_device
+from ..errors import UserError
+from ..images import BadImage, ImageStore, report_skipped, signature
+from ..trainer import BatchSetting, make_loader, predict, resolve_device
 from . import FoldOutput, ModelSpec
 from .image import ImageRows, image_paths, load_backbone, normalise, register_input_stats
 from .mlp import load_head, predict_head, train_head
@@ -37,13 +39,15 @@ INTERPOLATION = {"bicubic": cv2.INTER_CUBIC, "bilinear": cv2.INTER_LINEAR, "near
 
 
 class FrozenNet(nn.Module):
-    """The backbone with its own input statistics: uint8 images in, pooled embeddings out."""
+    """The backbone with its own input statistics: uint8 images in, pooled embeddings out. It has no head (the
+    identity): trainer.predict, which runs it, returns the embeddings as its features."""
 
     channels_last = True
 
     def __init__(self, backbone: nn.Module):
         super().__init__()
         self.backbone = backbone
+        self.head = nn.Identity()
         register_input_stats(self, backbone)
 
     def embed(self, x):
@@ -61,7 +65,9 @@ def preprocessing(backbone: nn.Module, size: int) -> dict:
 
 
 def eval_transform(prep: dict) -> A.Compose:
-    """Shorter side to side / crop_pct, then the centre side x side crop: timm's eval crop, uint8 CHW out."""
+    """Shorter side to side / crop_pct with the backbone's interpolation, then the centre side x side crop, uint8
+    CHW out: timm's eval crop, taken from the image as the store decodes it (JPEGs drafted and resized to 1.15 x
+    side on their shorter side)."""
     side, interpolation = prep["side"], INTERPOLATION.get(prep["interpolation"], cv2.INTER_LINEAR)
     return A.Compose([A.SmallestMaxSize(max_size=max(side, round(side / prep["crop_pct"])), interpolation=interpolation),
                       A.CenterCrop(side, side), ToTensorV2()])
@@ -70,24 +76,20 @@ def eval_transform(prep: dict) -> A.Compose:
 class Embeddings:
     """The cached embeddings of one frozen backbone; `matrix(paths)` gives them in the paths' order."""
 
-    def __init__(self, cfg, net: FrozenNet, prep: dict):
-        self.cfg, self.net, self.prep = cfg, net, prep
+    def __init__(self, cfg, net: FrozenNet, prep: dict, name: str = "embed"):
+        """name: the model's, for the advice of an out-of-memory line (a variant's own settings win)."""
+        self.cfg, self.net, self.prep, self.name = cfg, net, prep, name
         weights = content_hash({k: v.detach().float().cpu().numpy() for k, v in net.backbone.state_dict().items()})
         what = json.dumps({"prep": prep, "flip": cfg.embed.flip}, sort_keys=True)
-        stem = (f"embed_{re.sub(r'[^A-Za-z0-9_.-]', '_', cfg.embed.model)}_{weights}_"
-                f"{hashlib.sha256(what.encode()).hexdigest()[:8]}")
-        self.cache = ArrayCache(cfg.out / "cache", stem, np.float32, fix="embed on a local disk")
+        self.identity = (f"embed_{re.sub(r'[^A-Za-z0-9_.-]', '_', cfg.embed.model)}_{weights}_"
+                         f"{hashlib.sha256(what.encode()).hexdigest()[:8]}")
+        self.cache = ArrayCache(cfg.out / "cache", self.identity, np.float32, fix="embed on a local disk")
 
     @staticmethod
     def _key(path) -> tuple[str, str]:
-        """The image's cache key and signature (size and time: a changed file is embedded again). A missing file
-        is signed "missing": the pre-flight of the images to embed names it, or on_bad_image=skip embeds grey."""
-        try:
-            st = path.stat()
-            signature = f"{st.st_size}-{st.st_mtime_ns}"
-        except OSError:
-            signature = "missing"
-        return str(path.resolve()), signature
+        """The image's cache key and signature; a missing file is signed "missing": the pre-flight of the images
+        to embed names it, or on_bad_image=skip embeds grey."""
+        return str(path.resolve()), signature(path)
 
     def fill(self, paths: list) -> None:
         """Embed every image of `paths` the cache lacks, in batches cut the same way in every process (the
@@ -111,45 +113,31 @@ class Embeddings:
         self._embed(batch, [keys[k] for k in batch], store, label)
 
     def _checked_images(self, paths: list) -> ImageStore:
-        """The images to embed, decoded from their files (the pre-flight finds missing and broken ones, as for
-        every image model); no resized copy is kept: a frozen pass reads each image once."""
+        """The images to embed, checked by decoding them (the pre-flight finds missing and broken ones, as for
+        every image model); no resized copy is kept, since the pass reads each image once more and never again."""
         cfg = self.cfg
         store = ImageStore(None, self.prep["side"])
         bad: list[BadImage] = store.prepare(paths, cfg.worker_count(), skip_bad=cfg.on_bad_image == "skip")
         report_skipped(bad, cfg.out / "logs" / "skipped_images.txt")
         return store
 
-    @torch.no_grad()
     def _embed(self, keys: list[str], sources: list[tuple], store: ImageStore, label: str) -> None:
-        cfg, net = self.cfg, self.net
+        """The pass, APPEND_EVERY images at a time (each published when done) through trainer.predict, which also
+        turns a CUDA out-of-memory error into one line naming embed.batch_size. The last batch is padded with
+        copies of its last image, so every forward pass has one shape, and so one set of kernels."""
+        cfg, size = self.cfg, self.cfg.embed.batch_size
         device = resolve_device(cfg.device)
-        net.to(device).eval()
-        channels_last = device.type == "cuda"
-        if channels_last:
-            net.to(memory_format=torch.channels_last)
-        dtype = autocast_dtype(device)
-        rows = ImageRows([path for path, _ in sources], None, store, eval_transform(self.prep))
-        loader, _ = make_loader(rows, cfg.embed.batch_size, cfg, shuffle=False)
-        pending, done = [], 0
-        with tqdm(total=len(keys), desc=label, unit="img", dynamic_ncols=True) as bar:
-            for (images,), _ in loader:
-                n = len(images)  # a short last batch is padded: every pass has one shape, so one set of kernels
-                padded = torch.cat([images, images[-1:].expand(cfg.embed.batch_size - n, *images.shape[1:])])
-                x = _to([padded], device, channels_last)[0]
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    f = net.embed(x).float()
-                    if cfg.embed.flip:
-                        f = (f + net.embed(x.flip(-1)).float()) / 2
-                f = f[:n]
-                for i, vector in enumerate(f.cpu().numpy()):
-                    pending.append((keys[done + i], sources[done + i][1], vector))
-                done += len(f)
-                bar.update(len(f))
-                if len(pending) >= APPEND_EVERY:
-                    self.cache.append(pending)
-                    pending = []
-        if pending:
-            self.cache.append(pending)
+        declared = "embed.batch_size" in cfg.variant.get(self.name, {})
+        setting = BatchSetting("embed.batch_size", size, f"embed.model={cfg.embed.model}, side {self.prep['side']}",
+                               self.name if declared else "")
+        group = size * -(-APPEND_EVERY // size)  # whole batches, so the groups cut the images as one pass would
+        for start in range(0, len(keys), group):
+            paths = [path for path, _ in sources[start:start + group]]
+            rows = ImageRows(paths + paths[-1:] * (-len(paths) % size), None, store, eval_transform(self.prep))
+            loader, _ = make_loader(rows, size, cfg, shuffle=False)
+            _, vectors = predict(self.net, loader, device, tta_flip=cfg.embed.flip, desc=label, batch=setting)
+            self.cache.append([(keys[start + i], sources[start + i][1], vectors[i]) for i in range(len(paths))])
+        self.net.cpu()  # its device memory goes back to what trains next
 
     def matrix(self, paths: list) -> np.ndarray:
         """The embeddings of `paths`, in order, (len(paths), dim); images not embedded yet are embedded first."""
@@ -159,12 +147,32 @@ class Embeddings:
         return np.stack([self.cache.get(key) for key, _ in keys])
 
 
-def embeddings(cfg, images) -> Embeddings:
-    """The model's embeddings of every image of `images` (a train.ImageSource), computed where missing."""
+def frozen(cfg, name: str = "embed") -> Embeddings:
+    """The model's backbone, weights and preprocessing, with the cache they key; random weights (pretrained=false)
+    come from the seed, so they are the same in every run."""
+    torch.manual_seed(cfg.seed)
     net = FrozenNet(load_backbone(cfg.embed, "embed"))
-    found = Embeddings(cfg, net, preprocessing(net.backbone, cfg.embed.size))
+    return Embeddings(cfg, net, preprocessing(net.backbone, cfg.embed.size), name)
+
+
+def embeddings(model, images) -> Embeddings:
+    """The model's embeddings of every image of `images` (a train.ImageSource), computed where missing."""
+    found = frozen(model.cfg, model.name)
     found.fill(images.paths())
     return found
+
+
+def preflight(cfg) -> None:
+    """Weights that cannot be had, or an embed.size the backbone cannot take (a ViT built for 224 px), stop the
+    run in one line before any data is touched: one forward pass of a grey image at the configured side."""
+    found = frozen(cfg)
+    side = found.prep["side"]
+    try:
+        with torch.no_grad():
+            found.net.eval().embed(torch.full((1, 3, side, side), 128, dtype=torch.uint8))
+    except Exception as err:  # timm's own checks: an assertion, a shape error
+        raise UserError(f"embed.model={cfg.embed.model} cannot embed {side} px images ({str(err).splitlines()[0]}); "
+                        "pass embed.size=0 (its own size) or a backbone that takes any size") from None
 
 
 def _head(cfg) -> dict:
@@ -186,5 +194,4 @@ def infer(job: FoldJob, frame, upstream):
     return predict_head(job, load_head(job, x.shape[1], **_head(job.cfg)), x)
 
 
-SPEC = ModelSpec(kind="embed", run=run, infer=infer, store=embeddings,
-                 preflight=lambda cfg: load_backbone(cfg.embed, "embed"))
+SPEC = ModelSpec(kind="embed", run=run, infer=infer, store=embeddings, preflight=preflight)

@@ -50,10 +50,10 @@ def _load_local_weights(backbone: nn.Module, path: str, key: str) -> None:
     state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
     own = backbone.state_dict()
     is_head = lambda k: k.startswith(HEAD_PREFIXES)  # noqa: E731
-    for key, tensor in state.items():
-        if key in own and own[key].shape != tensor.shape and not is_head(key):
-            raise UserError(f"{key}.weights={path}: {key} has shape {tuple(tensor.shape)}, the model "
-                            f"{tuple(own[key].shape)}; the checkpoint is for another architecture")
+    for name, tensor in state.items():
+        if name in own and own[name].shape != tensor.shape and not is_head(name):
+            raise UserError(f"{key}.weights={path}: {name} has shape {tuple(tensor.shape)}, the model "
+                            f"{tuple(own[name].shape)}; the checkpoint is for another architecture")
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in usable]
     unexpected = [k for k in state if k not in own and not is_head(k)]
@@ -239,11 +239,6 @@ def device_augment(cfg) -> GpuAugment | None:
     return GpuAugment(cfg.image.size, cfg.image.vflip) if cfg.image.gpu_aug else None
 
 
-def image_store(cfg, side: int) -> ImageStore:
-    """The image store of one image side; the train stage fills it during the pre-flight scan."""
-    return ImageStore(cfg.out / "cache" if cfg.image.cache else None, side)
-
-
 def image_paths(job: FoldJob, frame):
     return [job.comp.image_dir / image_id for image_id in frame["ImageID"]]
 
@@ -266,8 +261,9 @@ def batch_setting(job: FoldJob) -> BatchSetting:
     in training (batch_size when that override is set), batch_size in predict (which takes it from the run)."""
     cfg = job.cfg
     key = "image.batch_size" if job.training and cfg.batch_size is None else "batch_size"
+    declared = job.training and key in job.base.variant.get(job.model, {})
     return BatchSetting(key, cfg.network_batch(cfg.image.batch_size),
-                        f"image.model={cfg.image.model}, image.size={cfg.image.size}")
+                        f"image.model={cfg.image.model}, image.size={cfg.image.size}", job.model if declared else "")
 
 
 def backbone_lr(cfg) -> float:
@@ -317,5 +313,5 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device))
 
 
-SPEC = ModelSpec(kind="image", run=run, infer=infer, store=lambda cfg, images: images.at(cfg.image.size),
+SPEC = ModelSpec(kind="image", run=run, infer=infer, store=lambda model, images: images.at(model.cfg.image),
                  preflight=check_image_weights, together=True)

@@ -57,5 +57,5 @@ def infer(job: FoldJob, frame, upstream):
     return eval_probs(job, net, frame, resolve_device(job.cfg.device), encode(job.cfg, vocab, frame))
 
 
-SPEC = ModelSpec(kind="joint", run=run, infer=infer, store=lambda cfg, images: images.at(cfg.image.size),
+SPEC = ModelSpec(kind="joint", run=run, infer=infer, store=lambda model, images: images.at(model.cfg.image),
                  preflight=check_image_weights, together=True)

@@ -1,4 +1,4 @@
-"""A small MLP head on fixed feature vectors, trained per fold: used by `fusion` and frozen `minilm`."""
+"""A small MLP head on fixed feature vectors, trained per fold: used by `fusion`, `embed` and frozen `minilm`."""
 from __future__ import annotations
 
 import numpy as np
