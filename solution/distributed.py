@@ -7,6 +7,7 @@ every function here is what a single process would do, so the rest of the code c
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -65,6 +66,14 @@ def init(device: torch.device) -> None:
     # The other ranks wait while rank 0 alone fills the image cache and embeds every image for each frozen
     # backbone: an hour and more on 40,000 photos, far past the 10-minute default of a collective's wait.
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
+    atexit.register(_leave)
+
+
+def _leave() -> None:
+    """Leave the group before the interpreter exits: a group torn down with the process can abort it ("terminate
+    called without an active exception"), and torchrun then reports a finished run as failed."""
+    if active():
+        dist.destroy_process_group()
 
 
 def barrier() -> None:
