@@ -41,6 +41,13 @@ def atomic_path(path: Path):
         raise machine_error(path, err) from None
 
 
+def remove_temps(folder: Path) -> None:
+    """Delete what a killed writer left of atomic_path's temp files (.NAME.*.tmp) in `folder`. Only for a folder
+    one job owns (a fold's staging folder): in a shared one, another process's live temp file looks the same."""
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def write_all(fd: int, data) -> int:
     """Write every byte of `data` to `fd` or raise the system's error: os.write may write only part (a disk
     filling up takes what fits), and a caller that trusts the count it asked for misplaces what follows."""

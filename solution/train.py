@@ -11,6 +11,7 @@ import time
 
 
 from . import distributed, log
+from .artefacts import remove_temps
 from .config import Config, save_config
 from .context import FoldJob
 from .data import Competition
@@ -77,6 +78,8 @@ def train(cfg: Config, comp: Competition) -> None:
                     continue
             if not (model.spec.together or main):
                 continue
+            if main:
+                remove_temps(job.ckpt_dir)  # a kill mid-write left them; the finished fold must not carry them
             seed_everything(model.cfg.seed * 100 + k)
             start = time.time()
             with contextlib.nullcontext() if model.spec.together else distributed.alone():

@@ -296,6 +296,7 @@ def test_kill_during_training_then_resume(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
+    (last.parent / ".last.pt.killed.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
     resumed = cli(*args)
     assert "resuming after epoch" in resumed.stderr
     first_epoch = int(resumed.stderr.split("resuming after epoch ")[1].split()[0])
