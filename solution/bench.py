@@ -184,18 +184,15 @@ def bench(cfg: Config, overrides: list[str]) -> None:
 def _embed_rate(cfg: Config, paths: list[Path], out: Path) -> tuple[int, float]:
     """Images/s of a frozen embedding pass of embed.model (its weights, its preprocessing, embed.flip): every
     JPEG decoded, checked, cropped and embedded, as `embed` does once per image. Returns (side, rate)."""
-    from .models.embed import Embeddings, FrozenNet, preprocessing
-    from .models.image import load_backbone
+    from .models.embed import frozen
 
-    cfg = dataclasses.replace(cfg, out_dir=str(out))
-    net = FrozenNet(load_backbone(cfg.embed, "embed"))
-    prep = preprocessing(net.backbone, cfg.embed.size)
-    found = Embeddings(cfg, net, prep)
+    found = frozen(dataclasses.replace(cfg, out_dir=str(out)))
     start = time.time()
     found.fill(paths)
     rate = len(paths) / (time.time() - start)
-    log.info(f"bench embed {cfg.embed.model} @ {prep['side']}{' + flip' if cfg.embed.flip else ''}: {rate:.1f} img/s")
-    return prep["side"], rate
+    side = found.prep["side"]
+    log.info(f"bench embed {cfg.embed.model} @ {side}{' + flip' if cfg.embed.flip else ''}: {rate:.1f} img/s")
+    return side, rate
 
 
 def embedding_row(cfg: Config, overrides: list[str], paths: list[Path], out: Path, device) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -311,8 +312,10 @@ def _allowed(key: str, hint, choices) -> str:
     return " or ".join((kind, *_words(hint)))
 
 
-def _known_keys(cfg=None) -> dict:
-    return {k: (f, hint) for k, f, hint, _ in iter_keys(cfg)}
+@functools.cache
+def _known_keys() -> dict:
+    """key -> (field, type hint) of every setting: the same for every Config, so built once."""
+    return {k: (f, hint) for k, f, hint, _ in iter_keys()}
 
 
 def convert_setting(key: str, raw: str, prefix: str = ""):

@@ -97,7 +97,6 @@ class ImageStore:
 
     def __init__(self, cache_dir: Path | None, side: int):
         self.side = side
-        self.cache_dir = cache_dir
         self.blank: set[str] = set()  # images skipped under on_bad_image=skip, served as mid-grey
         self._keys: dict[str, str] = {}  # path as given -> index key: resolve() once per spelling, not per read
         self._missed = False
@@ -122,11 +121,11 @@ class ImageStore:
             key, sig = self._key(p), signature(p)  # taken before decoding: a later change is seen next run
             if key not in todo and (self.cache is None or not self.cache.cached(key, sig)):
                 todo[key] = (p, sig)
-        if todo and self.cache_dir is not None:
+        if todo and self.cache is not None:
             self._check_room([p for p, _ in todo.values()], list(todo))
         if todo:
-            side = None if self.cache_dir is None else round(CACHE_SCALE * self.side)
-            label = "caching images" if self.cache_dir is not None else "checking images"
+            side = None if self.cache is None else round(CACHE_SCALE * self.side)
+            label = "caching images" if self.cache is not None else "checking images"
             jobs = [(str(p), side) for p, _ in todo.values()]
             chunk = max(1, min(64, len(jobs) // (4 * max(workers, 1)) or 1))
             pool = ProcessPoolExecutor(workers) if workers > 1 else None
@@ -137,7 +136,7 @@ class ImageStore:
                 for (key, (path, sig)), (arr, err) in progress:
                     if err is not None:
                         bad.append(BadImage(path, err))
-                    elif self.cache_dir is not None:
+                    elif self.cache is not None:
                         batch.append((key, sig, arr))
                         batch_bytes += arr.nbytes
                         if batch_bytes >= BATCH_BYTES:
@@ -158,11 +157,11 @@ class ImageStore:
     def _check_room(self, paths: list[Path], keys: list[str]) -> None:
         """Refuse at once, not an hour into the fill, when the images to cache cannot fit on out_dir's disk."""
         needed = self.cache_bytes(paths, keys)
-        folder = next(p for p in (self.cache_dir, *self.cache_dir.parents) if p.exists())
+        folder = next(p for p in (self.cache.folder, *self.cache.folder.parents) if p.exists())
         free = shutil.disk_usage(folder).free
         if needed > free:
             raise UserError(f"image cache: {len(paths)} images at image.size={self.side} need about {_size(needed)} in "
-                            f"{self.cache_dir}, but only {_size(free)} is free there; pass image.cache=false (decode "
+                            f"{self.cache.folder}, but only {_size(free)} is free there; pass image.cache=false (decode "
                             "every image every epoch: slower), a smaller image.size, or out_dir= on a disk with more room")
 
     def cache_bytes(self, paths: list[Path], keys: list[str]) -> int:

@@ -25,7 +25,7 @@ from .folds import folds_hash, read_folds
 from .metric import samples_f1
 from .text import pipeline_identity
 from .models import FoldOutput, resolve
-from .variants import KINDS, kind_of, settings_identity
+from .variants import KINDS, settings_identity
 
 
 def provenance(cfg: Config, comp, model: str, k: int, store=None) -> dict:
@@ -105,19 +105,15 @@ def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: F
     content = save_arrays(oof_path(cfg, model, k), meta, val_ids=ids[val_idx], val_probs=out.val_probs.astype(np.float32),
                           test_ids=test_ids, test_probs=out.test_probs.astype(np.float32))
     write_json(oof_path(cfg, model, k).with_suffix(".json"), {**meta, "content": content})  # for people
-    save_model_config(cfg, model)
-    staged = staging_dir(cfg, model, k)
-    write_json(staged / RECORD, {"model": model, "kind": kind_of(cfg, model), "fold": k,
-                                 "config": resolve(cfg, model).cfg.to_dict(), "provenance": prov, "oof": content,
-                                 "features": features, "files": weight_files(staged)})
-    replace_dir(staged, checkpoint_dir(cfg, model, k))  # the finished fold, whole, in place of the one before
-
-
-def save_model_config(cfg: Config, model: str) -> None:
-    """oof/<model>/config.json: what the model is (kind, its variant settings) and the full config it trains with."""
+    resolved = resolve(cfg, model)
+    config = resolved.cfg.to_dict()
+    # oof/<model>/config.json: what the model is (its kind, its variant settings) and the full config it trains with
     write_json(cfg.out / "oof" / model / "config.json",
-               {"model": model, "kind": kind_of(cfg, model), "variant": cfg.variant.get(model, {}),
-                "config": resolve(cfg, model).cfg.to_dict()})
+               {"model": model, "kind": resolved.kind, "variant": cfg.variant.get(model, {}), "config": config})
+    staged = staging_dir(cfg, model, k)
+    write_json(staged / RECORD, {"model": model, "kind": resolved.kind, "fold": k, "config": config, "provenance": prov,
+                                 "oof": content, "features": features, "files": weight_files(staged)})
+    replace_dir(staged, checkpoint_dir(cfg, model, k))  # the finished fold, whole, in place of the one before
 
 
 def _rerun(model: str, k: int) -> str:

@@ -93,7 +93,8 @@ def train(cfg: Config, comp: Competition) -> None:
         return
     for model in order:
         name = model.name
-        missing = [k for k in range(cfg.n_folds) if not fold_done(cfg, comp, name, k, provenance(cfg, comp, name, k))]
+        missing = [k for k in range(cfg.n_folds)
+                   if not fold_done(cfg, comp, name, k, provenance(cfg, comp, name, k, stores[name]))]
         if not missing:
             oof, _, _ = collect_oof(cfg, comp, name)
             log.info(f"{name} ({describe(cfg, name)}): all {cfg.n_folds} folds done; OOF samples-F1 at 0.5 = "

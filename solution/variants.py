@@ -28,21 +28,19 @@ else:  # Python 3.10 (older Kaggle images): the same parser from PyPI
 class Kind:
     sections: tuple[str, ...]  # config sections its artefacts depend on; a variant may set their keys
     features: bool  # its folds save pooled features, so fusion can stack on it
-    about: str
     selects: tuple[str, ...] = ()  # sections that only name other models to take settings from (not hashed)
 
 
 KINDS: dict[str, Kind] = {
-    "image": Kind(("image",), True, "a timm backbone fine-tuned end to end on the images (image.*)"),
-    "embed": Kind(("embed",), True, "a frozen timm backbone: every image embedded once (cached), an MLP head per "
-                                    "fold on the embeddings (embed.*)"),
-    "bilstm": Kind(("text",), True, "the caption Bi-LSTM on pretrained word vectors (text.*)"),
-    "tfidf": Kind(("text",), False, "word n-gram TF-IDF with one-vs-rest logistic regression (text.tfidf_*)"),
-    "minilm": Kind(("text",), False, "all-MiniLM-L6-v2 sentence embeddings with an MLP head, or fine-tuned (text.*)"),
-    "fusion": Kind(("fusion",), False, "an MLP on the fold features of fusion.image_model and fusion.text_model"),
-    "joint": Kind(("image", "text"), False, "an image backbone and a caption Bi-LSTM trained together under one head; "
-                                            "image.* from joint.image_model, text.* from joint.text_model",
-                  selects=("joint",)),
+    "image": Kind(("image",), True),  # a timm backbone fine-tuned end to end on the images
+    "embed": Kind(("embed",), True),  # a frozen timm backbone: every image embedded once, an MLP head per fold
+    "bilstm": Kind(("text",), True),  # the caption Bi-LSTM on pretrained word vectors
+    "tfidf": Kind(("text",), False),  # word n-gram TF-IDF with one-vs-rest logistic regression
+    "minilm": Kind(("text",), False),  # all-MiniLM-L6-v2 sentence embeddings with an MLP head, or fine-tuned
+    "fusion": Kind(("fusion",), False),  # an MLP on the fold features of fusion.image_model and fusion.text_model
+    # an image backbone and a caption Bi-LSTM trained together under one head; image.* from joint.image_model,
+    # text.* from joint.text_model, then its own settings
+    "joint": Kind(("image", "text"), False, selects=("joint",)),
 }
 
 # The models every run knows by name: each is its kind with the run's settings ("resnet50" for the image
@@ -77,16 +75,19 @@ def kind_of(cfg, name: str) -> str:
     raise UserError(f"unknown model '{name}'; allowed: {', '.join(known_names(cfg))} (or declare it as a variant)")
 
 
+def own_settings(cfg, name: str) -> dict:
+    """The settings a declared variant sets itself (they win over the run's); none for a built-in."""
+    return {k: v for k, v in cfg.variant.get(name, {}).items() if k != "kind"}
+
+
 def model_config(cfg, name: str):
     """The run's config with `name`'s own settings on top: what its folds train with and are hashed by."""
-    kind = kind_of(cfg, name)
-    settings = {k: v for k, v in cfg.variant.get(name, {}).items() if k != "kind"}
     out = copy.deepcopy(cfg)
-    if kind == "joint":  # whole sections taken from the models it names, then its own settings on top
+    if kind_of(cfg, name) == "joint":  # whole sections taken from the models it names, then its own settings on top
         names = upstream_names(cfg, name)
         out.image = model_config(cfg, names["joint.image_model"]).image
         out.text = model_config(cfg, names["joint.text_model"]).text
-    _apply(out, settings)
+    _apply(out, own_settings(cfg, name))
     return out
 
 
@@ -119,7 +120,7 @@ def describe(cfg, name: str) -> str:
         what += f": {resolved.embed.model}, frozen"
     elif kind == "fusion":
         what += f": on {' and '.join(upstream_names(cfg, name).values())}"
-    settings = {k: v for k, v in cfg.variant.get(name, {}).items() if k != "kind"}
+    settings = own_settings(cfg, name)
     if settings:
         what += "; " + ", ".join(f"{k}={v}" for k, v in settings.items())
     return what
@@ -195,7 +196,7 @@ def _checked(cfg, where: str, name: str, table: dict) -> dict:
         shown = f"kind '{kind}' is unknown" if kind is not None else "no kind given"
         raise UserError(f"{at}: {shown}; set kind to one of {', '.join(KINDS)}")
     allowed = allowed_keys(kind)
-    out = {"kind": kind}
+    settings = {}
     for key, raw in table.items():
         if key == "kind":
             continue
@@ -204,11 +205,11 @@ def _checked(cfg, where: str, name: str, table: dict) -> dict:
             raise UserError(f"{at}: key '{key}' does not apply to kind {kind}; allowed: {sections} and "
                             f"{', '.join(VARIANT_TRAINING_KEYS)}")
         text = str(raw).lower() if isinstance(raw, bool) else str(raw)
-        out[key] = convert_setting(key, text, prefix=f"{at}: ")
+        settings[key] = convert_setting(key, text, prefix=f"{at}: ")
     resolved = copy.deepcopy(cfg)
-    _apply(resolved, {k: v for k, v in out.items() if k != "kind"})
+    _apply(resolved, settings)
     check_ranges(resolved, prefix=f"{at}: ")
-    return out
+    return {"kind": kind, **settings}
 
 
 UPSTREAM = {"fusion": {"image_model": "features", "text_model": "features"},

@@ -19,7 +19,7 @@ import torch
 import solution.images as images
 import solution.trainer as trainer
 from solution import log
-from solution.artefacts import atomic_file, load_arrays, write_json
+from solution.artefacts import atomic_file, load_arrays
 from solution.cli import main as cli_main
 from solution.demo import make_dataset
 from solution.errors import MACHINE_ERRNOS, UserError

@@ -30,6 +30,7 @@ from ..context import FoldJob
 from ..errors import UserError
 from ..images import BadImage, ImageStore, report_skipped, signature
 from ..trainer import BatchSetting, make_loader, predict, resolve_device
+from ..variants import own_settings
 from . import FoldOutput, ModelSpec
 from .image import ImageRows, image_paths, load_backbone, normalise, register_input_stats
 from .mlp import load_head, predict_head, train_head
@@ -127,7 +128,7 @@ class Embeddings:
         copies of its last image, so every forward pass has one shape, and so one set of kernels."""
         cfg, size = self.cfg, self.cfg.embed.batch_size
         device = resolve_device(cfg.device)
-        declared = "embed.batch_size" in cfg.variant.get(self.name, {})
+        declared = "embed.batch_size" in own_settings(cfg, self.name)
         setting = BatchSetting("embed.batch_size", size, f"embed.model={cfg.embed.model}, side {self.prep['side']}",
                                self.name if declared else "")
         group = size * -(-APPEND_EVERY // size)  # whole batches, so the groups cut the images as one pass would
@@ -147,12 +148,17 @@ class Embeddings:
         return np.stack([self.cache.get(key) for key, _ in keys])
 
 
-def frozen(cfg, name: str = "embed") -> Embeddings:
-    """The model's backbone, weights and preprocessing, with the cache they key; random weights (pretrained=false)
-    come from the seed, so they are the same in every run."""
+def _frozen_net(cfg) -> tuple[FrozenNet, dict]:
+    """The model's backbone with its weights, and its preprocessing; random weights (pretrained=false) come from
+    the seed, so they are the same in every run."""
     torch.manual_seed(cfg.seed)
     net = FrozenNet(load_backbone(cfg.embed, "embed"))
-    return Embeddings(cfg, net, preprocessing(net.backbone, cfg.embed.size), name)
+    return net, preprocessing(net.backbone, cfg.embed.size)
+
+
+def frozen(cfg, name: str = "embed") -> Embeddings:
+    """The model's backbone, weights and preprocessing, with the cache they key."""
+    return Embeddings(cfg, *_frozen_net(cfg), name)
 
 
 def embeddings(model, images) -> Embeddings:
@@ -165,11 +171,11 @@ def embeddings(model, images) -> Embeddings:
 def preflight(cfg) -> None:
     """Weights that cannot be had, or an embed.size the backbone cannot take (a ViT built for 224 px), stop the
     run in one line before any data is touched: one forward pass of a grey image at the configured side."""
-    found = frozen(cfg)
-    side = found.prep["side"]
+    net, prep = _frozen_net(cfg)  # not the cache's identity: hashing every weight is the store's work, once
+    side = prep["side"]
     try:
         with torch.no_grad():
-            found.net.eval().embed(torch.full((1, 3, side, side), 128, dtype=torch.uint8))
+            net.eval().embed(torch.full((1, 3, side, side), 128, dtype=torch.uint8))
     except Exception as err:  # timm's own checks: an assertion, a shape error
         raise UserError(f"embed.model={cfg.embed.model} cannot embed {side} px images ({str(err).splitlines()[0]}); "
                         "pass embed.size=0 (its own size) or a backbone that takes any size") from None

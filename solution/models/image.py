@@ -17,6 +17,7 @@ from ..labels import N_LABELS
 from ..losses import make_loss
 from ..pretrained import PACKAGED, check_architecture, load_packaged, offline_weights, pip_name
 from ..trainer import BatchSetting, fit, make_loader, predict, resolve_device
+from ..variants import own_settings
 from . import FoldOutput, ModelSpec
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
@@ -261,7 +262,7 @@ def batch_setting(job: FoldJob) -> BatchSetting:
     in training (batch_size when that override is set), batch_size in predict (which takes it from the run)."""
     cfg = job.cfg
     key = "image.batch_size" if job.training and cfg.batch_size is None else "batch_size"
-    declared = job.training and key in job.base.variant.get(job.model, {})
+    declared = job.training and key in own_settings(job.base, job.model)
     return BatchSetting(key, cfg.network_batch(cfg.image.batch_size),
                         f"image.model={cfg.image.model}, image.size={cfg.image.size}", job.model if declared else "")
 

@@ -9,7 +9,6 @@ import hashlib
 import os
 
 import numpy as np
-import torch
 from torch import nn
 
 from .. import log
