@@ -121,6 +121,7 @@ def run(command: str, overrides: list[str]) -> None:
     if command == "all-after-train":
         return run_all(cfg, comp, stages=("tune", "submit", "report"))
     run_stage(command, cfg, comp)
+    distributed.finish()
 
 
 def run_stage(name: str, cfg, comp) -> None:

@@ -7,7 +7,6 @@ every function here is what a single process would do, so the rest of the code c
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import datetime
 import os
@@ -66,13 +65,15 @@ def init(device: torch.device) -> None:
     # The other ranks wait while rank 0 alone fills the image cache and embeds every image for each frozen
     # backbone: an hour and more on 40,000 photos, far past the 10-minute default of a collective's wait.
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=6))
-    atexit.register(_leave)
 
 
-def _leave() -> None:
-    """Leave the group before the interpreter exits: a group torn down with the process can abort it ("terminate
-    called without an active exception"), and torchrun then reports a finished run as failed."""
+def finish() -> None:
+    """Every rank done: leave the group together. A rank that tears its group down (or exits) while a peer still
+    finishes the last collective can abort that peer ("terminate called without an active exception"), and
+    torchrun then reports a finished run as failed. Only after success: on an error the other ranks may never
+    arrive, and torchrun ends them."""
     if active():
+        dist.barrier()
         dist.destroy_process_group()
 
 

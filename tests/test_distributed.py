@@ -167,6 +167,7 @@ def _rank_step(rank: int, port: int, out: str) -> None:
         ids, feats = distributed.gather_rows(rows, feats)
         gathered[n] = (ids.tolist(), feats.shape)
     torch.save(gathered, Path(out) / f"gathered{rank}.pt")
+    dist.barrier()  # both ranks done before either leaves: a rank leaving mid-collective can abort its peer
     dist.destroy_process_group()
 
 
