@@ -28,7 +28,10 @@ from .demo import _image, _labels
 from .images import ImageStore
 from .labels import N_LABELS
 from .models.image import ImageNet, ImageRows, device_augment, training_rows, transforms
-from .trainer import _to, autocast_dtype, compile_backbone, make_loader, make_optimizer, train_step, training_device
+from .device import autocast_dtype, to_device, training_device
+from .recipe import image_recipe
+from .recipe.updates import Updater
+from .trainer import compile_backbone, make_loader, make_optimizer
 
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 SEARCH_START, SEARCH_END = "<!-- search:start -->", "<!-- search:end -->"
@@ -67,18 +70,22 @@ def _draw_one(args) -> None:
 
 
 def _timed_train(cfg, net, loader, device, warmup: int = 2) -> float:
+    """Training images/s under the image.* recipe's update rule (accumulation, EMA, mixing; not the head probe)."""
     augment = device_augment(cfg) if isinstance(getattr(loader, "dataset", None), ImageRows) else None  # not GPU-only
     warmup = min(warmup, len(loader) - 1)  # a tiny bench.images still times at least one batch
     loss_fn = nn.BCEWithLogitsLoss().to(device)
     optimizer = make_optimizer(cfg, [{"params": net.parameters(), "lr": 1e-4}], device)
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
+    recipe = image_recipe(cfg.image, None)
+    updater = Updater(net, optimizer, scaler, loss_fn, device, batches=len(loader), accum_steps=recipe.accum_steps,
+                      grad_clip=cfg.grad_clip, ema=recipe.averaged(net), augment=augment, mixer=recipe.mixer())
     net.train()
     seen, start = 0, None
     for step, (inputs, target) in enumerate(loader):
         if step == warmup:
             _sync(device)
             start, seen = time.time(), 0
-        train_step(net, inputs, target, loss_fn, optimizer, scaler, cfg.grad_clip, device, augment=augment)
+        updater.step(step, inputs, target)
         seen += len(target)
     _sync(device)
     return seen / (time.time() - start)
@@ -95,7 +102,7 @@ def _timed_infer(net, loader, device, warmup: int = 2) -> float:
             _sync(device)
             start, seen = time.time(), 0
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            net.head(net.embed(*_to(inputs, device, device.type == "cuda")))
+            net.head(net.embed(*to_device(inputs, device, device.type == "cuda")))
         seen += len(inputs[0])
     _sync(device)
     return seen / (time.time() - start)
@@ -113,7 +120,7 @@ def loader_rate(cfg, dataset, workers: int, device, passes: int = 3) -> float:
             _sync(device)
             start, seen = time.time(), 0
         for inputs, target in loader:
-            _to([*inputs, target], device, channels_last=False)
+            to_device([*inputs, target], device, channels_last=False)
             seen += len(target)
     _sync(device)
     return seen / (time.time() - start)

@@ -82,7 +82,7 @@ def run(command: str, overrides: list[str]) -> None:
             return
         command, overrides = "all-after-train", [o for o in overrides if not o.startswith("gpus=")]
     if distributed.launched():
-        from .trainer import resolve_device
+        from .device import resolve_device
 
         distributed.init(resolve_device(cfg.device))
     log_path = log.setup(cfg.out / "logs" if distributed.is_main() else None, command, quiet=not distributed.is_main())

@@ -38,6 +38,21 @@ class ImageConfig:
     batch_size: int = _opt(64, "images per batch")
     lr: float = _opt(3e-4, "head learning rate")
     backbone_lr_mult: float = _opt(0.1, "backbone lr = lr x this for pretrained weights (random init uses lr)")
+    warmup: float = _opt(1.0, "epochs of linear learning-rate warm-up; then cosine to zero, stepped every optimizer update")
+    head_init: str = _opt("probe", "start the head from a linear probe on the frozen backbone's features (LP-FT) or "
+                                   "from random weights", ("probe", "random"))
+    freeze_epochs: int = _opt(0, "epochs the head trains alone before the backbone's rates start (their warm-up and "
+                                 "cosine then span the epochs left)")
+    layer_decay: float = _opt(1.0, "layer-wise lr decay: a backbone block's lr = lr x backbone_lr_mult x this ^ (its "
+                                   "depth from the top: 1 for the last block); 1 = off")
+    ema: float = _opt(0.999, "decay of the EMA of the weights that early stopping evaluates and best.pt keeps (warmed "
+                             "up: min(ema, (1+t)/(10+t)) at update t); 0 = off")
+    accum_steps: int = _opt(1, "micro-batches of image.batch_size per optimizer update (gradient accumulation: one "
+                               "update of batch_size x accum_steps rows)")
+    drop_path: float = _opt(0.0, "stochastic depth rate of the backbone's residual blocks (timm drop_path_rate)")
+    mixup: float = _opt(0.0, "mixup Beta alpha: images and label vectors mixed with one coefficient (0 = off)")
+    cutmix: float = _opt(0.0, "cutmix Beta alpha: a box of another image pasted in, labels mixed by its area (0 = off; "
+                              "with mixup too, each batch takes one of the two)")
     vflip: bool = _opt(False, "add VerticalFlip to train augmentation (the seed used it)")
     tta: bool = _opt(False, "average predictions with the horizontally flipped image")
     cache: bool = _opt(True, "decode each JPEG once into a resized uint8 cache under out_dir/cache")
@@ -367,12 +382,13 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
 
 # Smallest allowed value of each numeric setting that has one (None-able keys are checked when set).
 _MINIMUM = {"n_folds": 2, "seed": 0, "limit": 0, "num_workers": 0, "gpus": 0, "patience": 1, "epochs": 1, "batch_size": 1,
-            "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "text.max_len": 1, "text.min_count": 0,
+            "image.size": 1, "image.epochs": 1, "image.batch_size": 1, "image.warmup": 0,
+            "image.freeze_epochs": 0, "image.accum_steps": 1, "image.mixup": 0, "image.cutmix": 0, "text.max_len": 1, "text.min_count": 0,
             "text.hidden": 1, "text.epochs": 1, "text.batch_size": 1, "text.head_hidden": 1,
             "text.finetune_epochs": 1, "fusion.hidden": 1, "fusion.epochs": 1, "fusion.batch_size": 1,
             "tune.trials": 1, "tune.threshold_trials": 1, "tune.steps": 1, "report.resamples": 100, "embed.size": 0,
             "embed.batch_size": 1, "embed.hidden": 1, "embed.epochs": 1, "embed.head_batch_size": 1}
-_FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout", "embed.dropout")  # each in [0, 1)
+_FRACTIONS = ("stop_fraction", "text.dropout", "fusion.dropout", "embed.dropout", "image.ema", "image.drop_path")  # each in [0, 1)
 
 
 def check_ranges(cfg: Config, prefix: str = "") -> None:
@@ -381,13 +397,16 @@ def check_ranges(cfg: Config, prefix: str = "") -> None:
     for key, low in _MINIMUM.items():
         value = _get(cfg, key)
         if isinstance(value, (int, float)) and value < low:
-            allowed = " or ".join((f"an integer >= {low}", *_words(hints[key])))
+            number = "a number" if _union(hints[key])[0] is float else "an integer"
+            allowed = " or ".join((f"{number} >= {low}", *_words(hints[key])))
             raise UserError(f"{prefix}bad value for {key}: {value}; allowed: {allowed}")
     for key in _FRACTIONS:
         if not 0 <= _get(cfg, key) < 1:
             raise UserError(f"{prefix}bad value for {key}: {_get(cfg, key)}; allowed: a number in [0, 1)")
     if not 0 < cfg.holdout_fraction < 1:
         raise UserError(f"{prefix}bad value for holdout_fraction: {cfg.holdout_fraction}; allowed: a number in (0, 1)")
+    if not 0 < cfg.image.layer_decay <= 1:
+        raise UserError(f"{prefix}bad value for image.layer_decay: {cfg.image.layer_decay}; allowed: a number in (0, 1]")
     if not 0 < cfg.report.public_fraction <= 1:
         raise UserError(f"{prefix}bad value for report.public_fraction: {cfg.report.public_fraction}; allowed: a number "
                         "in (0, 1]")

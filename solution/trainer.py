@@ -21,23 +21,10 @@ from . import distributed, log
 from .artefacts import atomic_file
 from .context import FoldJob
 from .errors import UserError
+from .device import autocast_dtype, resolve_device, to_device, training_device, uses_channels_last
 from .metric import samples_f1
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("device=cuda but torch sees no CUDA GPU; use device=auto or device=cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-def training_device(cfg) -> torch.device:
-    """The device to train on; on CUDA, cuDNN times its kernels once per input shape (batches keep theirs)."""
-    device = resolve_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return device
+from .recipe import Recipe
+from .recipe.updates import Updater
 
 
 def compile_backbone(net: nn.Module, cfg) -> None:
@@ -47,27 +34,10 @@ def compile_backbone(net: nn.Module, cfg) -> None:
         net.backbone.compile()
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 on GPUs that have it, fp16 (with a grad scaler) on older ones, full precision on the CPU."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _to(inputs, device, channels_last: bool):
-    out = []
-    for x in inputs:
-        x = x.to(device, non_blocking=True)
-        if channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        out.append(x)
-    return out
 
 
 def save_checkpoint(path, obj: dict) -> None:
@@ -111,27 +81,19 @@ def make_optimizer(cfg, param_groups: list[dict], device: torch.device):
     return cls(groups, weight_decay=cfg.weight_decay, fused=fused or None)
 
 
-def _make_scheduler(cfg, optimizer, epochs: int):
-    if cfg.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1), eta_min=0.0)
-    if cfg.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, epochs // 3), gamma=0.3)
-    return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max", factor=0.3, patience=1)
-
-
 @torch.no_grad()
 def predict(net: nn.Module, loader, device: torch.device, tta_flip: bool = False,
             desc: str = "predict", batch: BatchSetting | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities and pooled features for every row of `loader`, in loader order; a CUDA out-of-memory
     error ends in one line (`batch` names the setting that sizes the loader's batches)."""
     net.to(device).eval()
-    channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
+    channels_last = uses_channels_last(net, device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     dtype = autocast_dtype(device)
 
     def forward(inputs):
-        inputs = _to(inputs, device, channels_last)
+        inputs = to_device(inputs, device, channels_last)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             f = net.embed(*inputs).float()
             p = torch.sigmoid(net.head(f).float())
@@ -234,34 +196,6 @@ class Logits(nn.Module):
         return self.net.head(self.net.embed(*inputs))
 
 
-def train_step(net: nn.Module, inputs, target, loss_fn, optimizer, scaler, grad_clip: float,
-               device: torch.device, forward: nn.Module | None = None, augment=None) -> torch.Tensor:
-    """One optimiser step under autocast; returns the loss, still on the device. `forward` (the DDP wrapper
-    of Logits(net)) computes the logits when given, so the gradients are averaged over the ranks;
-    `augment` (image.gpu_aug) turns the first input into the augmented float batch on the device.
-
-    The step is taken whatever the loss: looking at it here would wait for the GPU at every step. A
-    non-finite loss can so spoil the weights in memory, but LossTally finds it within CHECK_EVERY steps,
-    and always before the epoch's checkpoints are written, and the run stops there."""
-    channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
-    if augment is not None:  # the first input is a batch of uint8 HWC squares: crop and flip it on the device
-        inputs = [augment(inputs[0].to(device, non_blocking=True)), *inputs[1:]]
-    inputs = _to(inputs, device, channels_last)
-    target = target.to(device, non_blocking=True).float()
-    dtype = autocast_dtype(device)
-    with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        logits = forward(*inputs) if forward is not None else net.head(net.embed(*inputs))
-    loss = loss_fn(logits.float(), target)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    if grad_clip > 0:
-        scaler.unscale_(optimizer)
-        nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-    scaler.step(optimizer)
-    scaler.update()
-    return loss.detach()
-
-
 class LossTally:
     """An epoch's mean training loss, read from the device every CHECK_EVERY steps instead of every step
     (each read waits for the GPU); a non-finite loss stops the run with the step it came from."""
@@ -297,12 +231,28 @@ class LossTally:
         return self.total / max(self.seen, 1)
 
 
+def _resume(ckpt: dict, net, optimizer, schedule, scaler, ema) -> dict:
+    """The loop's state from a matching last.pt, with the network, optimizer, schedule, loss scaler and EMA loaded."""
+    net.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    schedule.load_state_dict(ckpt["scheduler"])
+    scaler.load_state_dict(ckpt["scaler"])
+    if ema is not None:
+        ema.load_state_dict(ckpt["ema"])
+    return {k: ckpt[k] for k in FRESH}
+
+
+FRESH = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+
+
 def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, stop_loader, y_stop: np.ndarray,
         loss_fn: nn.Module, epochs: int, reseed, unit: str = "rows", augment=None,
-        batch: BatchSetting | None = None) -> FitResult:
+        batch: BatchSetting | None = None, recipe: Recipe = Recipe()) -> FitResult:
     """Train with early stopping on the stop set's samples-F1; resume from last.pt when it matches.
 
-    In a DDP run (several ranks, loaders made with split=True) every rank steps on its share of each global
+    `recipe` says how batches become updates (the schedule, accumulation, EMA, mixing, a head fitted first); the
+    default is the plain one. With an EMA on, the averaged weights are what early stopping evaluates and best.pt
+    keeps. In a DDP run (several ranks, loaders made with split=True) every rank steps on its share of each global
     batch and the gradients are averaged; on CUDA BatchNorm becomes SyncBatchNorm, so a step equals the
     one-process step on the whole batch. On the CPU (gloo, for tests) BatchNorm keeps per-rank statistics,
     averaged over the ranks after each epoch. Rank 0 alone writes checkpoints; the early-stopping decision
@@ -316,33 +266,36 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
     if ddp and device.type == "cuda":
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # in place below the top module; same parameters
     net.to(device)
-    channels_last = device.type == "cuda" and getattr(net, "channels_last", False)
-    if channels_last:
+    if uses_channels_last(net, device):
         net.to(memory_format=torch.channels_last)
+    loss_fn = loss_fn.to(device)
+    scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
+    optimizer = make_optimizer(cfg, param_groups, device)
+    batches = len(train_loader)
+    updates_per_epoch = -(-batches // max(1, recipe.accum_steps))
+    schedule = recipe.schedule(cfg.scheduler, optimizer, epochs, updates_per_epoch)
+    last_path, best_path = job.ckpt_dir / "last.pt", job.ckpt_dir / "best.pt"
+    ckpt = _resume_state(job, last_path)
+    if ckpt is not None and ckpt.get("provenance") != job.provenance:
+        log.info(f"{job.label}: {last_path} is from other data or settings; starting over")
+        ckpt = None
+    if ckpt is None and recipe.head_init is not None:
+        recipe.head_init(net, device)
+    ema = recipe.averaged(net)  # the average starts from the fitted head
+    state = {**FRESH, "history": []}
+    if ckpt is not None:
+        state = _resume(ckpt, net, optimizer, schedule, scaler, ema)
+        log.info(f"{job.label}: resuming after epoch {state['epoch']} from {last_path}")
+    evaluated = ema.net if ema is not None else net
     compile_backbone(net, cfg)
     forward = None
     if ddp:
         from torch.nn.parallel import DistributedDataParallel
 
         forward = DistributedDataParallel(Logits(net), device_ids=[torch.cuda.current_device()] if device.type == "cuda" else None)
-    loss_fn = loss_fn.to(device)
-    dtype = autocast_dtype(device)
-    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
-    optimizer = make_optimizer(cfg, param_groups, device)
-    scheduler = _make_scheduler(cfg, optimizer, epochs)
-    last_path, best_path = job.ckpt_dir / "last.pt", job.ckpt_dir / "best.pt"
-    state = {"epoch": 0, "best_f1": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
-    ckpt = _resume_state(job, last_path)
-    if ckpt is not None:
-        if ckpt.get("provenance") == job.provenance:
-            net.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            state = {k: ckpt[k] for k in state}
-            log.info(f"{job.label}: resuming after epoch {state['epoch']} from {last_path}")
-        else:
-            log.info(f"{job.label}: {last_path} is from other data or settings; starting over")
+    updater = Updater(net, optimizer, scaler, loss_fn, device, batches=batches, accum_steps=recipe.accum_steps,
+                      grad_clip=cfg.grad_clip, schedule=schedule, ema=ema, forward=forward, augment=augment,
+                      mixer=recipe.mixer())
     n_train = len(train_loader.dataset)
     for epoch in range(state["epoch"] + 1, epochs + 1):
         if state["bad_epochs"] >= cfg.patience:
@@ -351,42 +304,37 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         rank_seed = epoch_seed * 64 + distributed.rank()
         seed_everything(rank_seed)  # dropout
         reseed(epoch_seed)  # the loader: shuffle order (one for all ranks) and each row's augmentation
-        if augment is not None:
-            augment.reseed(rank_seed)
+        updater.reseed(rank_seed)  # device augmentation and mixing
         net.train()
         start, tally = time.time(), LossTally(job.label, epoch)
         with tqdm(total=n_train, desc=f"{job.label} epoch {epoch}/{epochs}", unit=unit, dynamic_ncols=True,
                   leave=False, disable=_quiet()) as bar:
-            for step, (inputs, target) in enumerate(train_loader, start=1):
-                def train_rows(n=None):
-                    return train_step(net, [x[:n] for x in inputs], target[:n], loss_fn, optimizer, scaler,
-                                      cfg.grad_clip, device, forward, augment)
-
-                loss = _unless_out_of_memory(train_rows)
+            for step, (inputs, target) in enumerate(train_loader):
+                loss = _unless_out_of_memory(lambda: updater.step(step, inputs, target))
                 if loss is OUT_OF_MEMORY:
-                    raise out_of_memory(job.label, batch, len(target), device, train_rows)
+                    raise out_of_memory(job.label, batch, len(target), device,
+                                        lambda n: updater.trial([x[:n] for x in inputs], target[:n]))
                 bar.update(len(target) * distributed.world())
-                if tally.add(step, loss, len(target)):
+                if tally.add(step + 1, loss, len(target)):
                     bar.set_postfix(loss=f"{tally.mean:.4f}")
             tally.check()
         train_seconds = time.time() - start
         distributed.average_buffers(net)
-        probs, _ = predict(net, stop_loader, device, desc=f"{job.label} validate", batch=batch)
+        if ema is not None:
+            distributed.average_buffers(ema.net)
+        probs, _ = predict(evaluated, stop_loader, device, desc=f"{job.label} validate", batch=batch)
         y = torch.from_numpy(y_stop.astype(np.float32))
         val_loss = float(loss_fn.cpu()(torch.logit(torch.from_numpy(probs).clamp(1e-6, 1 - 1e-6)), y))
         loss_fn.to(device)
         val_f1 = distributed.broadcast(samples_f1(y_stop, probs))
         lr = optimizer.param_groups[-1]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(val_f1)
-        else:
-            scheduler.step()
+        schedule.after_epoch(val_f1)
         improved = val_f1 > state["best_f1"]
         state["epoch"] = epoch
         if improved:
             state.update(best_f1=val_f1, best_epoch=epoch, bad_epochs=0)
             if distributed.is_main():
-                save_checkpoint(best_path, {"model": net.state_dict(), "provenance": job.provenance,
+                save_checkpoint(best_path, {"model": evaluated.state_dict(), "provenance": job.provenance,
                                             "epoch": epoch, "val_f1": val_f1})
         else:
             state["bad_epochs"] += 1
@@ -396,10 +344,11 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
         state["history"].append(row)
         log.info(f"{job.label} epoch {epoch}/{epochs}: train_loss {row['train_loss']:.4f}  val_loss {val_loss:.4f}  "
                  f"val_f1 {val_f1:.4f}{' *' if improved else '  '}  lr {lr:.2e}  {seconds:.1f}s  "
-                 f"{row['train_per_s']:.0f} {unit}/s")
+                 f"{_rate(row['train_per_s'])} {unit}/s")
         if distributed.is_main():
             save_checkpoint(last_path, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                                        "scheduler": schedule.state_dict(), "scaler": scaler.state_dict(),
+                                        **({"ema": ema.state_dict()} if ema is not None else {}),
                                         "provenance": job.provenance, **state})
         if state["bad_epochs"] >= cfg.patience:
             log.info(f"{job.label}: early stop after epoch {epoch}, best val_f1 {state['best_f1']:.4f} "
@@ -411,6 +360,11 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
     if math.isnan(state["best_f1"]):
         raise UserError(f"{job.label}: validation F1 is NaN; check the inputs")
     return FitResult(state["best_f1"], state["best_epoch"], state["history"])
+
+
+def _rate(per_second: float) -> str:
+    """A rate to read at a glance: whole numbers from 10 up, two decimals below (a CPU's 0.52 img/s is not 0)."""
+    return f"{per_second:.0f}" if per_second >= 10 else f"{per_second:.2f}"
 
 
 def make_loader(dataset, batch_size: int, cfg, shuffle: bool, split: bool = False):

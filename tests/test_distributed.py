@@ -118,14 +118,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _step(backbone: str, x: torch.Tensor, y: torch.Tensor, forward_wrapper=None) -> dict:
-    """Build the image net with seed 0, take one train_step on (x, y), return its weights."""
+def _step(backbone: str, x: torch.Tensor, y: torch.Tensor, forward_wrapper=None, accum: int = 1) -> dict:
+    """Build the image net with seed 0, take one update on (x, y) made of `accum` micro-batches, return its weights."""
     import timm
 
     from solution.config import build_config
     from solution.losses import make_loss
     from solution.models.image import ImageNet
-    from solution.trainer import Logits, make_optimizer, train_step
+    from solution.recipe.updates import Updater
+    from solution.trainer import Logits, make_optimizer
 
     torch.manual_seed(0)
     net = ImageNet(timm.create_model(backbone, pretrained=False, num_classes=0))
@@ -135,7 +136,10 @@ def _step(backbone: str, x: torch.Tensor, y: torch.Tensor, forward_wrapper=None)
     forward = forward_wrapper(Logits(net)) if forward_wrapper else None
     loss_fn = make_loss(cfg, np.ones((4, 18), np.uint8))
     net.train()
-    train_step(net, (x,), y, loss_fn, optimizer, scaler, 1.0, torch.device("cpu"), forward)
+    updater = Updater(net, optimizer, scaler, loss_fn, torch.device("cpu"), batches=accum, accum_steps=accum,
+                      grad_clip=1.0, forward=forward)
+    for i, (xs, ys) in enumerate(zip(x.chunk(accum), y.chunk(accum))):
+        updater.step(i, (xs,), ys)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 
@@ -158,6 +162,8 @@ def _rank_step(rank: int, port: int, out: str) -> None:
     x, y = _batch()
     half = slice(4 * rank, 4 * rank + 4)
     torch.save({b: _step(b, x[half], y[half], DistributedDataParallel) for b in BACKBONES}, Path(out) / f"rank{rank}.pt")
+    # the same update from 2 micro-batches of 2 rows on each rank: no gradient sync on the first, then the sum averaged
+    torch.save(_step("test_convnext", x[half], y[half], DistributedDataParallel, accum=2), Path(out) / f"accum{rank}.pt")
     from solution import distributed
 
     gathered = {}
@@ -172,7 +178,7 @@ def _rank_step(rank: int, port: int, out: str) -> None:
 
 
 def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path):
-    """Without BatchNorm (test_convnext: LayerNorm) the 2-rank step equals the 1-process step. With BatchNorm
+    """One update on 2 ranks, whole or accumulated from micro-batches, equals the one-process update. Without BatchNorm (test_convnext: LayerNorm) the 2-rank step equals the 1-process step. With BatchNorm
     on the CPU (test_resnet; SyncBatchNorm exists on GPUs only) each rank normalises its own half, so the
     ranks agree with each other (DDP averages the gradients) but not exactly with the 1-process step."""
     torch.multiprocessing.spawn(_rank_step, args=(_free_port(), str(tmp_path)), nprocs=2)
@@ -189,6 +195,8 @@ def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path):
         if backbone == "test_convnext":
             for k in params:
                 torch.testing.assert_close(ranks[0][backbone][k], alone[k], rtol=1e-4, atol=1e-5)
+                for r in (0, 1):  # accumulated over micro-batches on both ranks: still the one-process step
+                    torch.testing.assert_close(torch.load(tmp_path / f"accum{r}.pt")[k], alone[k], rtol=1e-4, atol=1e-5)
 
 
 def _initial(backbone: str) -> dict:

@@ -312,20 +312,22 @@ def test_the_pre_flight_refuses_a_cache_that_cannot_fit_before_decoding_anything
 def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_resumes(data, tmp_path, capsys,
                                                                                          monkeypatch):
     """Steps of more than 4 rows run out of GPU memory from epoch 2 on; the probe halves 8 to 4, which fits."""
-    real_step, real_save = trainer.train_step, trainer.save_checkpoint
+    from solution.recipe.updates import Updater
+
+    real_backward, real_save = Updater._backward, trainer.save_checkpoint
     tried, armed = [], []
 
-    def step(net, inputs, target, *args, **kwargs):
+    def backward(self, inputs, target, *args):
         tried.append(len(target))
         if armed and len(target) > 4:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(net, inputs, target, *args, **kwargs)
+        return real_backward(self, inputs, target, *args)
 
     def save(path, obj):
         real_save(path, obj)
         armed.append(path.name == "last.pt")
 
-    monkeypatch.setattr(trainer, "train_step", step)
+    monkeypatch.setattr(Updater, "_backward", backward)
     monkeypatch.setattr(trainer, "save_checkpoint", save)
     monkeypatch.setattr(trainer, "gpu_memory", lambda device: "Simulated GPU (8.0 GiB)")
     args = ["train", f"data_dir={data}", f"out_dir={tmp_path}", "models=resnet50", *TINY]
@@ -333,7 +335,7 @@ def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_r
                            "image.batch_size=8, image.model=test_resnet, image.size=32", "Simulated GPU (8.0 GiB)",
                            "4 rows fit", "rerun with image.batch_size=4")
     assert tried[-2:] == [8, 4], tried  # the failed step, then one probe at half
-    monkeypatch.setattr(trainer, "train_step", real_step)
+    monkeypatch.setattr(Updater, "_backward", real_backward)
     code, err = run(capsys, *args)
     assert code == 0 and "resuming after epoch 1" in err, line + err[-2000:]
 

@@ -11,7 +11,8 @@ from ..artefacts import read_json, write_json
 from ..context import FoldJob
 from ..labels import N_LABELS
 from ..text import Vocab, caption_loss, cpu_threads, embedding_matrix, preprocessor
-from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict, resolve_device
+from ..device import resolve_device
+from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
 from . import FoldOutput, ModelSpec
 
 

@@ -29,7 +29,8 @@ from ..cache import ArrayCache
 from ..context import FoldJob
 from ..errors import UserError
 from ..images import BadImage, ImageStore, report_skipped, signature
-from ..trainer import BatchSetting, make_loader, predict, resolve_device
+from ..device import resolve_device
+from ..trainer import BatchSetting, make_loader, predict
 from ..variants import own_settings
 from . import FoldOutput, ModelSpec
 from .image import ImageRows, image_paths, load_backbone, normalise, register_input_stats

@@ -1,6 +1,7 @@
 """Image model: a timm backbone (image.model, ResNet50 by default) fine-tuned end to end with an 18-logit head."""
 from __future__ import annotations
 
+import functools
 import socket
 
 import albumentations as A
@@ -16,7 +17,11 @@ from ..images import CACHE_SCALE, ImageStore
 from ..labels import N_LABELS
 from ..losses import make_loss
 from ..pretrained import PACKAGED, check_architecture, load_packaged, offline_weights, pip_name
-from ..trainer import BatchSetting, fit, make_loader, predict, resolve_device
+from ..device import resolve_device
+from ..recipe import image_recipe
+from ..recipe.layer_decay import backbone_groups
+from ..recipe.probe import fit_linear_head
+from ..trainer import BatchSetting, fit, make_loader, predict
 from ..variants import own_settings
 from . import FoldOutput, ModelSpec
 
@@ -67,40 +72,44 @@ def _load_local_weights(backbone: nn.Module, path: str, key: str) -> None:
 
 
 def build_backbone(cfg) -> nn.Module:
-    """The image kind's backbone, as its image.* settings ask."""
-    return load_backbone(cfg.image, "image")
+    """The image kind's backbone, as its image.* settings ask (with its stochastic depth for training)."""
+    return load_backbone(cfg.image, "image", drop_path=cfg.image.drop_path)
 
 
-def load_backbone(section, key: str) -> nn.Module:
+def load_backbone(section, key: str, drop_path: float = 0.0) -> nn.Module:
     """timm backbone without classifier (num_classes=0 gives pooled features), with the asked-for weights: a
     weights package by name (weights=efficientnet-lite0), a local state_dict, timm's ImageNet weights (cache,
     then network) or, only when pretrained=false says so, random ones. `section` holds model, pretrained and
-    weights (image.* or embed.*); `key` names that section in errors."""
+    weights (image.* or embed.*); `key` names that section in errors. drop_path > 0 builds the blocks with
+    stochastic depth (timm's drop_path_rate), which only training uses."""
     import huggingface_hub.constants as hub
     import timm
 
     name = section.model
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
         raise UserError(f"bad value for {key}.model: '{name}'; allowed: a timm model name (timm.list_models())")
+    create = functools.partial(_create, name, key, drop_path)
     packaged = section.weights if section.weights in PACKAGED else \
         offline_weights(name) if section.pretrained and not section.weights else None
     if packaged:
         check_architecture(packaged, name, key)
-        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+        backbone = create(pretrained=False)
         load_packaged(backbone, packaged, key)
         log.info(f"{key}.model={name}: loaded the ImageNet weights of {pip_name(packaged)}")
         return backbone
     if section.weights:
-        backbone = timm.create_model(name, pretrained=False, num_classes=0)
+        backbone = create(pretrained=False)
         _load_local_weights(backbone, section.weights, key)
         return backbone
     if not section.pretrained:
         log.info(f"{key}.pretrained=false: {name} starts from random weights")
-        return timm.create_model(name, pretrained=False, num_classes=0)
+        return create(pretrained=False)
     offline = hub.HF_HUB_OFFLINE
     try:
         hub.HF_HUB_OFFLINE = True  # the local cache first; the network only if it answers
-        return timm.create_model(name, pretrained=True, num_classes=0)
+        return create(pretrained=True)
+    except UserError:
+        raise
     except Exception:
         if not _hub_reachable():
             raise UserError(f"{key}.pretrained=true but the ImageNet weights of {name} are not cached and the "
@@ -108,10 +117,23 @@ def load_backbone(section, key: str) -> nn.Module:
     finally:
         hub.HF_HUB_OFFLINE = offline
     try:
-        return timm.create_model(name, pretrained=True, num_classes=0)
+        return create(pretrained=True)
     except Exception as err:
         raise UserError(f"{key}.pretrained=true but {name}'s weights could not be downloaded ({type(err).__name__}); "
                         f"{_offline_choices(key)}") from None
+
+
+def _create(name: str, key: str, drop_path: float, pretrained: bool) -> nn.Module:
+    """timm's backbone without its classifier (num_classes=0 gives pooled features)."""
+    import timm
+
+    if drop_path <= 0:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0)
+    try:
+        return timm.create_model(name, pretrained=pretrained, num_classes=0, drop_path_rate=drop_path)
+    except TypeError:  # a family built without stochastic depth refuses the argument
+        raise UserError(f"bad value for {key}.drop_path: {drop_path}; {name} has no stochastic depth, so only 0 is "
+                        "allowed for it") from None
 
 
 def check_image_weights(cfg) -> None:
@@ -267,9 +289,12 @@ def batch_setting(job: FoldJob) -> BatchSetting:
                         f"image.model={cfg.image.model}, image.size={cfg.image.size}", job.model if declared else "")
 
 
-def backbone_lr(cfg) -> float:
+def backbone_param_groups(cfg, backbone: nn.Module) -> list[dict]:
+    """The backbone's optimizer groups: lr x backbone_lr_mult for pretrained weights (a random backbone needs the full
+    rate), decayed block by block from the top (image.layer_decay), held still for image.freeze_epochs."""
     pretrained = bool(cfg.image.weights) or cfg.image.pretrained
-    return cfg.image.lr * (cfg.image.backbone_lr_mult if pretrained else 1.0)  # a random backbone needs the full rate
+    lr = cfg.image.lr * (cfg.image.backbone_lr_mult if pretrained else 1.0)
+    return backbone_groups(backbone, lr, cfg.image.layer_decay, cfg.image.freeze_epochs)
 
 
 def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.ndarray | None = None,
@@ -284,9 +309,20 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
     train_loader, reseed = make_loader(training_rows(cfg, image_paths(job, comp.train.iloc[job.fit_idx]), comp.y[job.fit_idx],
                                                      job.store, rows(job.fit_idx)), bs, cfg, shuffle=True, split=True)
     stop_loader = eval_loader(job, net, comp.train.iloc[job.stop_idx], comp.y[job.stop_idx], rows(job.stop_idx))
-    result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx],
-                 make_loss(cfg, comp.y[job.fit_idx]), cfg.network_epochs(cfg.image.epochs), reseed, unit="img",
-                 augment=device_augment(cfg), batch=batch_setting(job))
+    loss_fn = make_loss(cfg, comp.y[job.fit_idx])
+
+    def probe(net: nn.Module, device) -> None:
+        """image.head_init=probe: the head fitted on the frozen features of the fit rows (their eval crops)."""
+        fit_rows = eval_loader(job, net, comp.train.iloc[job.fit_idx], None, rows(job.fit_idx))
+        features = predict(net, fit_rows, device, desc=f"{job.label} probe features", batch=batch_setting(job))[1]
+        stop_features = predict(net, stop_loader, device, desc=f"{job.label} probe features", batch=batch_setting(job))[1]
+        fit_linear_head(net.head, features, comp.y[job.fit_idx], stop_features, comp.y[job.stop_idx], loss_fn, job.label)
+
+    if tokens is not None and (cfg.image.mixup or cfg.image.cutmix):
+        log.info(f"{job.label}: image.mixup and image.cutmix do not apply to a model that reads captions; off")
+    result = fit(job, net, groups, train_loader, stop_loader, comp.y[job.stop_idx], loss_fn,
+                 cfg.network_epochs(cfg.image.epochs), reseed, unit="img", augment=device_augment(cfg),
+                 batch=batch_setting(job), recipe=image_recipe(cfg.image, probe, mixes=tokens is None))
     val_probs, val_feats = eval_probs(job, net, comp.train.iloc[job.val_idx], device, rows(job.val_idx))
     test_probs, test_feats = eval_probs(job, net, comp.test, device, test_tokens)
     feats = None
@@ -298,8 +334,7 @@ def fit_image_net(job: FoldJob, net: nn.Module, groups: list[dict], tokens: np.n
 
 def run(job: FoldJob) -> FoldOutput:
     net = ImageNet(build_backbone(job.cfg))
-    groups = [{"params": list(net.backbone.parameters()), "lr": backbone_lr(job.cfg)},
-              {"params": list(net.head.parameters()), "lr": job.cfg.image.lr}]
+    groups = [*backbone_param_groups(job.cfg, net.backbone), {"params": list(net.head.parameters()), "lr": job.cfg.image.lr}]
     return fit_image_net(job, net, groups)
 
 

@@ -2,8 +2,9 @@
 
 Unlike `fusion`, which stacks a head on two separately trained models' features, both branches here
 learn from the same loss, so each can specialise in what the other misses. It trains with the image.*
-settings (epochs, batch size, lr for the backbone and head) and the text.* ones for the caption branch
-(its architecture, vocabulary and learning rate).
+settings (epochs, batch size, lr for the backbone and head, and the fine-tuning recipe but for mixup and cutmix,
+which would mix images under captions they do not match) and the text.* ones for the caption branch (its
+architecture, vocabulary and learning rate).
 """
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from torch import nn
 
 from ..context import FoldJob
 from ..labels import N_LABELS
-from ..trainer import load_checkpoint, resolve_device
+from ..device import resolve_device
+from ..trainer import load_checkpoint
 from . import FoldOutput, ModelSpec
 from .bilstm import caption_branch, encode, fold_vocab, saved_vocab
-from .image import backbone_lr, build_backbone, check_image_weights, eval_probs, fit_image_net, normalise, register_input_stats
+from .image import backbone_param_groups, build_backbone, check_image_weights, eval_probs, fit_image_net, normalise, register_input_stats
 
 
 class JointNet(nn.Module):
@@ -41,8 +43,7 @@ def run(job: FoldJob) -> FoldOutput:
     cfg, comp = job.cfg, job.comp
     vocab, vectors = fold_vocab(job)
     net = JointNet(build_backbone(cfg), caption_branch(cfg, vectors), cfg.text.dropout)
-    groups = [{"params": list(net.backbone.parameters()), "lr": backbone_lr(cfg)},
-              {"params": list(net.caption.parameters()), "lr": cfg.text.lr},
+    groups = [*backbone_param_groups(cfg, net.backbone), {"params": list(net.caption.parameters()), "lr": cfg.text.lr},
               {"params": list(net.head.parameters()), "lr": cfg.image.lr}]
     return fit_image_net(job, net, groups, encode(cfg, vocab, comp.train), encode(cfg, vocab, comp.test), features=False)
 

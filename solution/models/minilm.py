@@ -17,7 +17,8 @@ from ..context import FoldJob
 from ..errors import UserError
 from ..labels import N_LABELS
 from ..text import caption_loss, cpu_threads
-from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict, resolve_device
+from ..device import resolve_device
+from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
 from . import FoldOutput, ModelSpec
 from .mlp import load_head, predict_head, train_head
 

@@ -7,7 +7,8 @@ from torch import nn
 from ..context import FoldJob
 from ..labels import N_LABELS
 from ..losses import make_loss
-from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict, resolve_device
+from ..device import resolve_device
+from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
 from . import FoldOutput
 
 
