@@ -32,7 +32,7 @@ def rows():
 
 def compare_result(new: Path, old: Path) -> dict:
     from solution.compare import compare
-    from solution.config import build_config
+    from solution.settings import build_config
 
     return compare(build_config([f"out_dir={new}", f"compare.baseline={old}", "report.resamples=300"]))
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from solution.artefacts import load_arrays, read_json, read_meta
-from solution.config import build_config
+from solution.settings import build_config
 from solution.context import FoldJob
 from solution.data import load_test_only
 from solution.demo import make_dataset

@@ -13,13 +13,13 @@ from torch import nn
 
 from .. import log
 from ..artefacts import load_arrays, save_arrays
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..errors import UserError
 from ..labels import N_LABELS
 from ..text import caption_loss, cpu_threads
 from ..device import resolve_device
 from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 from .mlp import load_head, predict_head, train_head
 
 MAX_TOKENS = 64  # captions reach 49 words; 64 word pieces cover them

@@ -15,9 +15,9 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 
 from ..artefacts import atomic_path
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..text import preprocessor
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 
 
 class NBLogisticRegression(ClassifierMixin, BaseEstimator):
