@@ -58,7 +58,7 @@ def embed_captions(cfg, captions: list[str]) -> np.ndarray:
         return load_arrays(path)[1]["emb"]
     encoder = load_encoder(cfg)
     log.info(f"minilm: embedding {len(captions)} captions (cached in {path})")
-    emb = encoder.encode(captions, batch_size=128, show_progress_bar=True, convert_to_numpy=True,
+    emb = encoder.encode(captions, batch_size=128, show_progress_bar=not log.bars_off(), convert_to_numpy=True,
                          normalize_embeddings=True).astype(np.float32)
     save_arrays(path, {"model": model_path(cfg), "rows": len(captions)}, emb=emb)
     return emb
