@@ -190,3 +190,12 @@ def test_keys_that_can_change_outputs_are_hashed():
     for setting in ("image.size=225", "embed.model=test_resnet", "text.hidden=65", "image.compile=true", "seed=1"):
         changed = build_config([setting])
         assert any(settings_hash(base, m) != settings_hash(changed, m) for m in BUILTINS), setting
+
+
+def test_a_tfidf_min_df_above_every_caption_count_is_one_line(capsys, demo_csv, tmp_path):
+    """The one library bound that depends on the data, not the setting alone: refused where the fold is fitted."""
+    code, err = _main(capsys, "train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "models=tfidf", "n_folds=2",
+                      "text.tfidf_min_df=1000")
+    assert code == 2 and "Traceback" not in err, err
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("error: tfidf fold 0: text.tfidf_min_df=1000 keeps no n-gram"), line
