@@ -4,6 +4,7 @@ Every setting lives here once; stages receive the resolved `Config` and never ho
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -452,10 +453,10 @@ def check_settings(cfg: Config, prefix: str = "") -> None:
             raise UserError(f"{prefix}bad value for {key}: {value}; allowed: {allowed_text(key)}")
 
 
-def apply_overrides(overrides: list[str]) -> tuple[Config, dict[str, dict[str, str]]]:
-    """`key=value` items applied to the defaults, every setting checked; also the variant.NAME.KEY=VALUE items,
-    by name, for variants.declare."""
-    cfg = Config()
+def apply_overrides(overrides: list[str], base: Config | None = None) -> tuple[Config, dict[str, dict[str, str]]]:
+    """`key=value` items applied to the defaults (or to a copy of `base`, a saved run's config), every setting
+    checked; also the variant.NAME.KEY=VALUE items, by name, for variants.declare."""
+    cfg = copy.deepcopy(base) if base is not None else Config()
     fold_given = False
     declared: dict[str, dict[str, str]] = {}
     for item in overrides:
@@ -471,7 +472,7 @@ def apply_overrides(overrides: list[str]) -> tuple[Config, dict[str, dict[str, s
             continue
         set_key(cfg, key, convert_setting(key, raw))
         fold_given = fold_given or key == "fold"
-    if not fold_given:
+    if not fold_given and base is None:
         cfg.fold = list(range(cfg.n_folds))  # the default is every fold, whatever n_folds is
     check_settings(cfg)
     return cfg, declared
