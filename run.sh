@@ -19,6 +19,6 @@ export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ "${1:-}" = "test" ]; then
   shift
   cd "$repo"
-  exec "$venv/bin/python" -m pytest "$@"
+  exec "$venv/bin/python" -m pytest --durations=15 "$@"  # the 15 slowest tests close the report
 fi
 exec "$venv/bin/python" -m solution "$@"

@@ -32,7 +32,8 @@ from scipy.special import expit
 
 from solution import stats
 from solution.artefacts import read_json
-from solution.config import SEARCHES, build_config, config_from_dict
+from solution.config import SEARCHES, config_from_dict
+from solution.settings import build_config
 from solution.data import load_competition
 from solution.errors import UserError
 from solution.folds import folds_hash, read_folds

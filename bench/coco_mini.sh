@@ -47,7 +47,7 @@ import numpy as np
 
 from solution.data import load_competition
 from solution.folds import read_folds
-from solution.config import build_config
+from solution.settings import build_config
 from solution.metric import per_row_f1_binary
 from solution.stats import summarise
 

@@ -59,7 +59,7 @@ from pathlib import Path
 import torch
 
 from solution.bench import _synthetic, embedding_row
-from solution.config import build_config
+from solution.settings import build_config
 
 work = Path(sys.argv[1])
 overrides = ["device=cuda", "embed.model=vit_base_patch16_clip_224.openai", "embed.batch_size=256"]

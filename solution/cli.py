@@ -6,7 +6,8 @@ import sys
 import time
 
 from . import log
-from .config import build_config, help_text, save_config
+from .config import help_text, save_config
+from .settings import build_config
 from .errors import MACHINE_ERRNOS, UserError, machine_error
 
 COMMANDS = {
@@ -25,9 +26,14 @@ COMMANDS = {
 
 
 def usage() -> str:
+    from .variants import KINDS
+
     cmds = "\n".join(f"  {name:<9} {text}" for name, text in COMMANDS.items())
-    return (f"usage: ./run.sh [COMMAND] [key=value ...]\n\ncommands:\n{cmds}\n\nkeys (default shown; dotted keys "
-            f"are nested settings; fold= takes 3, 0,2,4 or 0..4):\n{help_text()}\n")
+    variant = (f"  {'variant.NAME.KEY=VALUE':<34} declare a variant on the command line: variant.NAME.kind=KIND (one "
+               f"of {', '.join(KINDS)}), then any key of that kind's sections or a training key")
+    return (f"usage: ./run.sh [COMMAND] [key=value ...]\n\ncommands:\n{cmds}\n\nkeys (default shown, then what it "
+            f"means and [allowed: its values]; dotted keys are nested settings; every key is checked before any data "
+            f"is read):\n{help_text()}\n{variant}\n")
 
 
 def _check_writable(cfg) -> None:

@@ -3,10 +3,11 @@
 Both runs' `tune` saved each row's nested F1 (oof/blend.npz). On the same data, folds and rows, the difference of
 two runs' nested scores is the mean of per-row differences, resampled in pairs within each fold like every interval
 (solution/stats.py), so the noise both runs share cancels. Runs on other data, folds or rows are refused: their
-per-row scores do not pair. Only the rows' sampling noise is counted, not that of retraining with another seed.
+per-row scores do not pair; so is a run whose OOF files changed after its tune (its blend no longer scores them). Only the rows' sampling noise is counted, not that of retraining with another seed.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,15 +16,24 @@ from . import log, stats
 from .artefacts import check_provenance, load_arrays, read_json
 from .config import Config
 from .errors import UserError
+from .oof import oof_contents
 
 
-def _tuned_run(out: Path) -> tuple[dict, dict, dict]:
-    """(blend.json, blend.npz meta, arrays) of one run's tune, checked against each other."""
+def _tuned_run(cfg: Config, out: Path) -> tuple[dict, dict, dict]:
+    """(blend.json, blend.npz meta, arrays) of one run's tune, checked against each other and against the OOF
+    files in its out_dir (each fold's content hash as tune read it)."""
     if not (out / "oof" / "blend.json").exists():
         raise UserError(f"{out / 'oof' / 'blend.json'} is missing; run ./run.sh tune out_dir={out} first")
     record = read_json(out / "oof" / "blend.json")
     meta, arrays = load_arrays(out / "oof" / "blend.npz")
     check_provenance(out / "oof" / "blend.npz", meta, record["provenance"], f"./run.sh tune out_dir={out}")
+    run = dataclasses.replace(cfg, out_dir=str(out), n_folds=record["n_folds"])
+    changed = [f"{model} fold {k}" for model in record["models"]
+               for k, (tuned, now) in enumerate(zip(record["provenance"]["oof"][model], oof_contents(run, model)))
+               if tuned != now]
+    if changed:
+        raise UserError(f"compare: {out / 'oof' / 'blend.json'} no longer matches the OOF in {out} ({', '.join(changed)} "
+                        f"retrained or removed since its tune); rerun ./run.sh tune out_dir={out}")
     if "nested_f1" not in arrays:
         raise UserError(f"{out / 'oof' / 'blend.npz'} has no per-row nested scores (an older version wrote it); "
                         f"rerun ./run.sh tune out_dir={out}")
@@ -36,8 +46,8 @@ def paired_runs(cfg: Config) -> tuple[dict, dict, dict, dict]:
     if not cfg.compare.baseline:
         raise UserError("compare needs compare.baseline=<the out_dir of the earlier run>")
     old_dir, new_dir = Path(cfg.compare.baseline), cfg.out
-    old, old_meta, old_arrays = _tuned_run(old_dir)
-    new, new_meta, new_arrays = _tuned_run(new_dir)
+    old, old_meta, old_arrays = _tuned_run(cfg, old_dir)
+    new, new_meta, new_arrays = _tuned_run(cfg, new_dir)
     for key, what in (("data", "data fingerprint"), ("folds", "folds hash")):
         if old_meta[key] != new_meta[key]:
             raise UserError(f"compare: {old_dir} and {new_dir} differ in their {what} ({old_meta[key]} against "

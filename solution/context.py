@@ -1,7 +1,8 @@
-"""What one (model, fold) job is given: the config, the data, its row split and where to put checkpoints."""
+"""What one (model, fold) job is given (the config, the data, its row split, where to put checkpoints) and what
+it gives back."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -21,6 +22,16 @@ def staging_dir(cfg: Config, model: str, k: int) -> Path:
     """Where fold k trains until it is finished and replaces checkpoint_dir: a retrain (force=true, changed
     settings) leaves the finished fold usable until then, and a killed one resumes from its last.pt here."""
     return checkpoint_dir(cfg, model, k).with_name(f"fold{k}.partial")
+
+
+@dataclass
+class FoldOutput:
+    val_probs: np.ndarray  # (n_val, 18), rows of fold k in train.csv order
+    test_probs: np.ndarray  # (n_test, 18), test.csv order
+    best_f1: float  # early-stopping set samples-F1 at 0.5 (NaN for models without early stopping)
+    best_epoch: int
+    features: dict[str, np.ndarray] | None = None  # "train", "val", "test" pooled features, for stacking
+    history: list = field(default_factory=list)
 
 
 @dataclass

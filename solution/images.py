@@ -132,7 +132,8 @@ class ImageStore:
             results = (map(_decode_job, jobs) if pool is None else pool.map(_decode_job, jobs, chunksize=chunk))
             batch, batch_bytes = [], 0
             try:
-                progress = tqdm(zip(todo.items(), results), total=len(jobs), desc=label, unit="img", dynamic_ncols=True)
+                progress = tqdm(zip(todo.items(), results), total=len(jobs), desc=label, unit="img", dynamic_ncols=True,
+                                disable=log.bars_off())
                 for (key, (path, sig)), (arr, err) in progress:
                     if err is not None:
                         bad.append(BadImage(path, err))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,6 +12,13 @@ from pathlib import Path
 from .errors import machine_error
 
 _logger = logging.getLogger("solution")
+
+
+def bars_off() -> bool:
+    """disable= for every progress bar (tqdm's, and the MiniLM encoder's show_progress_bar): off when TQDM_DISABLE
+    is set to anything (tqdm's own reading, which it applies only where disable= is not passed) or when stderr is
+    not a terminal (a log file)."""
+    return bool(os.environ.get("TQDM_DISABLE")) or not sys.stderr.isatty()
 
 
 def _new_log_file(log_dir: Path, command: str) -> Path:

@@ -19,13 +19,12 @@ import numpy as np
 from .artefacts import (check_provenance, file_hash, load_arrays, read_json, read_meta, replace_dir, save_arrays,
                         write_json)
 from .config import Config
-from .context import checkpoint_dir, staging_dir
+from .context import FoldOutput, checkpoint_dir, staging_dir
 from .errors import UserError
 from .folds import folds_hash, read_folds
 from .metric import samples_f1
 from .text import pipeline_identity
-from .models import FoldOutput, resolve
-from .variants import KINDS, settings_identity
+from .variants import KINDS, kind_of, model_config, settings_identity, stacked_on
 
 
 def provenance(cfg: Config, comp, model: str, k: int, store=None) -> dict:
@@ -35,14 +34,14 @@ def provenance(cfg: Config, comp, model: str, k: int, store=None) -> dict:
     stack's fold stale), and, given the store the model reads, that store's identity (embed: the frozen
     backbone's weights by content and its preprocessing; only `train` and `predict` build it, and a reader
     that does not checks the rest). `cfg` is the run's config; the model's own settings are resolved here."""
-    resolved = resolve(cfg, model)
     prov = {"data": comp.fingerprint, "folds": folds_hash(cfg), "config": settings_hash(cfg, model)}
     if getattr(store, "identity", None):
         prov["embeddings"] = store.identity
-    if "text" in KINDS[resolved.kind].sections:
-        prov["text"] = pipeline_identity(resolved.cfg)
-    if resolved.upstream:
-        prov["upstream"] = {m: _content_or_none(features_path(cfg, m, k)) for m in resolved.upstream}
+    if "text" in KINDS[kind_of(cfg, model)].sections:
+        prov["text"] = pipeline_identity(model_config(cfg, model))
+    upstream = stacked_on(cfg, model)
+    if upstream:
+        prov["upstream"] = {m: _content_or_none(features_path(cfg, m, k)) for m in upstream}
     return prov
 
 
@@ -105,13 +104,12 @@ def save_fold(cfg: Config, comp, model: str, k: int, val_idx: np.ndarray, out: F
     content = save_arrays(oof_path(cfg, model, k), meta, val_ids=ids[val_idx], val_probs=out.val_probs.astype(np.float32),
                           test_ids=test_ids, test_probs=out.test_probs.astype(np.float32))
     write_json(oof_path(cfg, model, k).with_suffix(".json"), {**meta, "content": content})  # for people
-    resolved = resolve(cfg, model)
-    config = resolved.cfg.to_dict()
+    kind, config = kind_of(cfg, model), model_config(cfg, model).to_dict()
     # oof/<model>/config.json: what the model is (its kind, its variant settings) and the full config it trains with
     write_json(cfg.out / "oof" / model / "config.json",
-               {"model": model, "kind": resolved.kind, "variant": cfg.variant.get(model, {}), "config": config})
+               {"model": model, "kind": kind, "variant": cfg.variant.get(model, {}), "config": config})
     staged = staging_dir(cfg, model, k)
-    write_json(staged / RECORD, {"model": model, "kind": resolved.kind, "fold": k, "config": config, "provenance": prov,
+    write_json(staged / RECORD, {"model": model, "kind": kind, "fold": k, "config": config, "provenance": prov,
                                  "oof": content, "features": features, "files": weight_files(staged)})
     replace_dir(staged, checkpoint_dir(cfg, model, k))  # the finished fold, whole, in place of the one before
 

@@ -3,12 +3,16 @@
 Every fold model is rebuilt from its checkpoint record (checkpoints/<model>/fold<k>/fold.json: the full
 resolved config it was trained with, its provenance and the hashes of its OOF arrays and weight files),
 and used only when the record matches what `tune` blended. So on the training run's own test.csv,
-`predict` writes exactly the submission `submit` writes, and otherwise refuses in one line.
+`predict` writes exactly the submission `submit` writes, and otherwise refuses in one line. Its file is its own,
+submissions/predict-<data_dir's folder>-<test.csv's fingerprint>.csv, so the competition run's
+submissions/submission.csv stays as `submit` wrote it.
 Only data_dir, out_dir, device, num_workers and on_bad_image (and batch_size when given) come from this run.
 """
 from __future__ import annotations
 
 import dataclasses
+import re
+from pathlib import Path
 
 import numpy as np
 
@@ -16,13 +20,14 @@ from . import log
 from .artefacts import load_arrays, read_json
 from .config import Config, config_from_dict
 from .context import FoldJob, checkpoint_dir
+from .csvio import write_table
 from .data import load_test_only
 from .errors import UserError
 from .models import REGISTRY, Model
-from .variants import BUILTINS
 from .oof import oof_path, read_record, weight_files
-from .submit import write_submission
+from .submit import labels_per_image, submission_rows
 from .tune import combine, rank_transform
+from .variants import BUILTINS
 
 RUNTIME_KEYS = ("data_dir", "out_dir", "device", "num_workers", "on_bad_image")  # what to do with this test.csv
 
@@ -125,5 +130,16 @@ def predict(cfg: Config) -> None:
             oof = np.concatenate([_tuned_oof(cfg, blend, model, k) for k in range(n_folds)])
             tests[model] = rank_transform(oof, tests[model])[1]
     weights = np.array([blend["weights"][m] for m in models])
-    write_submission(cfg, comp, comp.test["ImageID"].to_numpy(dtype=str),
-                     combine(np.stack([tests[m] for m in models]), weights), blend)
+    rows = submission_rows(comp, comp.test["ImageID"].to_numpy(dtype=str),
+                           combine(np.stack([tests[m] for m in models]), weights), blend)
+    path = prediction_path(cfg, comp)
+    write_table(path, ("ImageID", "Labels"), rows)
+    log.info(f"predict: wrote {path} ({len(rows)} rows of {cfg.data / 'test.csv'}, {labels_per_image(rows):.2f} labels "
+             f"per image); {cfg.out / 'submissions' / 'submission.csv'} is left as submit wrote it")
+
+
+def prediction_path(cfg: Config, comp) -> Path:
+    """submissions/predict-<data_dir's folder>-<the first 8 of test.csv's fingerprint>.csv: named after its input,
+    one file per test.csv."""
+    folder = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(cfg.data_dir).resolve().name) or "data"
+    return cfg.out / "submissions" / f"predict-{folder}-{comp.fingerprint[:8]}.csv"

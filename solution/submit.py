@@ -32,8 +32,8 @@ def load_blend(cfg: Config, comp: Competition) -> tuple[dict, dict]:
     return record, arrays
 
 
-def write_submission(cfg: Config, comp: Competition, test_ids: np.ndarray, probs: np.ndarray, record: dict) -> None:
-    """Validate (rows, order, at least one known label each) and write submission.csv plus a stamped copy."""
+def submission_rows(comp: Competition, test_ids: np.ndarray, probs: np.ndarray, record: dict) -> list[tuple[str, str]]:
+    """(ImageID, labels) in test.csv's order, validated: the same rows, at least one known label each."""
     expected = comp.test["ImageID"].to_numpy(dtype=str)
     if len(test_ids) != len(expected) or not np.array_equal(test_ids, expected):
         raise UserError("test predictions do not match test.csv row for row; rerun ./run.sh tune")
@@ -42,13 +42,21 @@ def write_submission(cfg: Config, comp: Competition, test_ids: np.ndarray, probs
     for image_id, text in zip(expected, labels):
         if not text or not set(text.split()) <= allowed:
             raise UserError(f"submission row {image_id} has labels '{text}'; refusing to write it")
-    rows = list(zip(expected, labels))
+    return list(zip(expected, labels))
+
+
+def labels_per_image(rows: list[tuple[str, str]]) -> float:
+    return float(np.mean([len(labels.split()) for _, labels in rows]))
+
+
+def write_submission(cfg: Config, comp: Competition, test_ids: np.ndarray, probs: np.ndarray, record: dict) -> None:
+    """Validate and write submission.csv plus a stamped copy."""
+    rows = submission_rows(comp, test_ids, probs, record)
     out = cfg.out / "submissions"
     write_table(out / "submission.csv", ("ImageID", "Labels"), rows)
     stamp = f"submission-{time.strftime('%Y%m%d-%H%M%S')}-{cfg.full_hash()}.csv"
     write_table(out / stamp, ("ImageID", "Labels"), rows)
-    counts = np.array([len(t.split()) for t in labels])
-    log.info(f"submit: wrote {out / 'submission.csv'} ({len(rows)} rows, {counts.mean():.2f} labels per image; "
+    log.info(f"submit: wrote {out / 'submission.csv'} ({len(rows)} rows, {labels_per_image(rows):.2f} labels per image; "
              f"copy {stamp}); expected leaderboard samples-F1 (nested CV) {record['f1']['samples_f1_nested']:.4f}")
 
 

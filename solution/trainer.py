@@ -179,9 +179,9 @@ def out_of_memory(label: str, batch: BatchSetting, rows: int, device: torch.devi
                      f"on {gpu_memory(device)}; {fix}; finished folds and epochs are kept")
 
 
-def _quiet() -> bool | None:
-    """Progress bars on rank 0 only (None lets tqdm's own TQDM_DISABLE decide)."""
-    return None if distributed.is_main() else True
+def _quiet() -> bool:
+    """Progress bars on rank 0 only, and there as log.bars_off says."""
+    return log.bars_off() or not distributed.is_main()
 
 
 class Logits(nn.Module):

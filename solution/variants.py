@@ -6,7 +6,8 @@ A variant is a name, a kind and the settings that make it differ from the run's:
 `variant.NAME.KEY=VALUE`). Its settings sit on top of the run's (defaults and `key=value` overrides), so a
 variant says only what makes it different. The built-in models are variants that say nothing: `resnet50` is
 the image kind with the run's image.* settings. Everything here is torch-free, so a bad declaration is
-refused in a tenth of a second; models.REGISTRY holds each kind's code.
+refused in a tenth of a second; models.REGISTRY holds each kind's code. It reads keys through solution.config
+(which knows nothing of variants); solution.settings builds a run's config from both.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import check_settings, convert_setting, iter_keys, output_free_keys, set_key
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -29,6 +31,7 @@ class Kind:
     sections: tuple[str, ...]  # config sections its artefacts depend on; a variant may set their keys
     features: bool  # its folds save pooled features, so fusion can stack on it
     selects: tuple[str, ...] = ()  # sections that only name other models to take settings from (not hashed)
+    stacks: bool = False  # it reads the fold features of the models named by upstream_names (fusion)
 
 
 KINDS: dict[str, Kind] = {
@@ -37,7 +40,7 @@ KINDS: dict[str, Kind] = {
     "bilstm": Kind(("text",), True),  # the caption Bi-LSTM on pretrained word vectors
     "tfidf": Kind(("text",), False),  # word n-gram TF-IDF with one-vs-rest logistic regression
     "minilm": Kind(("text",), False),  # all-MiniLM-L6-v2 sentence embeddings with an MLP head, or fine-tuned
-    "fusion": Kind(("fusion",), False),  # an MLP on the fold features of fusion.image_model and fusion.text_model
+    "fusion": Kind(("fusion",), False, stacks=True),  # an MLP on the fold features of fusion.image_model and fusion.text_model
     # an image backbone and a caption Bi-LSTM trained together under one head; image.* from joint.image_model,
     # text.* from joint.text_model, then its own settings
     "joint": Kind(("image", "text"), False, selects=("joint",)),
@@ -92,18 +95,20 @@ def model_config(cfg, name: str):
 
 
 def _apply(cfg, settings: dict) -> None:
-    from .config import set_key
-
     for key, value in settings.items():
         set_key(cfg, key, value)
 
 
 def settings_identity(cfg, name: str) -> dict:
     """What `name`'s artefacts depend on among the settings: the training keys and its kind's sections of its
-    resolved config, plus the kind of a declared variant (a built-in's identity is what earlier versions hashed)."""
+    resolved config, less the keys declared outputs=False (they cannot change a prediction), plus the kind of
+    a declared variant (a built-in's identity is otherwise what earlier versions hashed)."""
     kind = kind_of(cfg, name)
     resolved = model_config(cfg, name).to_dict()
     identity = {k: resolved[k] for k in (*TRAINING_KEYS, *KINDS[kind].sections)}
+    for key in output_free_keys():
+        section, _, leaf = key.rpartition(".")
+        (identity.get(section, {}) if section else identity).pop(leaf, None)
     if name not in BUILTINS:
         identity["kind"] = kind
     return identity
@@ -175,8 +180,6 @@ def _flatten(table: dict, prefix: str = "") -> dict:
 
 
 def allowed_keys(kind: str) -> list[str]:
-    from .config import iter_keys
-
     sections = (*KINDS[kind].sections, *KINDS[kind].selects)
     return [*VARIANT_TRAINING_KEYS, *(key for key, *_ in iter_keys() if key.split(".")[0] in sections)]
 
@@ -184,8 +187,6 @@ def allowed_keys(kind: str) -> list[str]:
 def _checked(cfg, where: str, name: str, table: dict) -> dict:
     """The declaration with every value converted as a key=value would be, or a one-line error naming where
     it was declared, the variant and the key."""
-    from .config import check_ranges, convert_setting
-
     at = f"{where}: variant '{name}'"
     if not NAME.fullmatch(name):
         raise UserError(f"{at}: a name must start with a letter or digit and hold only letters, digits, '_' and '-'")
@@ -208,12 +209,17 @@ def _checked(cfg, where: str, name: str, table: dict) -> dict:
         settings[key] = convert_setting(key, text, prefix=f"{at}: ")
     resolved = copy.deepcopy(cfg)
     _apply(resolved, settings)
-    check_ranges(resolved, prefix=f"{at}: ")
+    check_settings(resolved, prefix=f"{at}: ")
     return {"kind": kind, **settings}
 
 
 UPSTREAM = {"fusion": {"image_model": "features", "text_model": "features"},
             "joint": {"image_model": "image", "text_model": "bilstm"}}  # section -> key -> kind(s) it names
+
+
+def stacked_on(cfg, name: str) -> list[str]:
+    """The models whose fold features `name` stacks on (a fusion's two; none for other kinds)."""
+    return list(upstream_names(cfg, name).values()) if KINDS[kind_of(cfg, name)].stacks else []
 
 
 def upstream_names(cfg, name: str) -> dict[str, str]:

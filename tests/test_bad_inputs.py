@@ -162,7 +162,7 @@ def test_all_writes_a_submission_for_exactly_the_test_rows(finished):
 
 def test_tune_is_deterministic(finished, missing_fold_submit, tmp_path):
     """`tune` twice with the same seed gives the same thresholds and weights as the `all` run's tune."""
-    from solution.config import build_config
+    from solution.settings import build_config
     from solution.data import load_competition
     from solution.tune import tune
 

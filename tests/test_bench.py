@@ -3,7 +3,7 @@ import numpy as np
 import torch
 
 from solution import bench
-from solution.config import build_config
+from solution.settings import build_config
 from solution.images import ImageStore
 from solution.models.image import ImageRows, transforms
 

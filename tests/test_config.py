@@ -8,7 +8,8 @@ import re
 import pytest
 
 from solution.cli import COMMANDS
-from solution.config import Config, build_config, iter_keys, parse_folds
+from solution.config import Config, iter_keys, parse_folds
+from solution.settings import build_config
 from solution.errors import UserError
 
 

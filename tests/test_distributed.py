@@ -122,7 +122,7 @@ def _step(backbone: str, x: torch.Tensor, y: torch.Tensor, forward_wrapper=None,
     """Build the image net with seed 0, take one update on (x, y) made of `accum` micro-batches, return its weights."""
     import timm
 
-    from solution.config import build_config
+    from solution.settings import build_config
     from solution.losses import make_loss
     from solution.models.image import ImageNet
     from solution.recipe.updates import Updater

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from solution.config import build_config
+from solution.settings import build_config
 from solution.models import embed
 from solution.models.image import load_backbone
 

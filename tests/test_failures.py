@@ -341,7 +341,7 @@ def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_r
 
 
 def test_cuda_out_of_memory_while_predicting_suggests_the_batch_size_predict_takes(monkeypatch):
-    from solution.config import build_config
+    from solution.settings import build_config
     from solution.trainer import ArrayRows, BatchSetting, make_loader, predict
 
     class Net(torch.nn.Module):
@@ -361,7 +361,7 @@ def test_cuda_out_of_memory_while_predicting_suggests_the_batch_size_predict_tak
 
 
 def test_predict_takes_a_batch_size_and_otherwise_the_folds_own():
-    from solution.config import build_config
+    from solution.settings import build_config
     from solution.predict import recorded_model
 
     record = {"model": "resnet50", "kind": "image", "config": build_config(["image.batch_size=48"]).to_dict()}

@@ -1,11 +1,16 @@
 """One log file per run, even for runs started in the same second (the .config.json is named after its stem)."""
 from __future__ import annotations
 
+import io
 import logging
 import multiprocessing
 import os
+import sys
 
+import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from solution import log
 
@@ -53,3 +58,50 @@ def test_processes_racing_for_one_name_each_get_their_own(tmp_path, same_second)
     assert got == sorted([f"train-{SECOND}.log"] + [f"train-{SECOND}-{n}.log" for n in (2, 3, 4)])
     for name in got:
         assert (tmp_path / name).read_text().count("pid ") == 1
+
+
+class _Terminal(io.StringIO):
+    """stderr as a terminal: where tqdm draws unless told not to."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class _Features(nn.Module):
+    head = nn.Linear(5, 18)
+
+    def embed(self, x):
+        return x.float()
+
+
+@pytest.mark.parametrize("disabled", [True, False])
+def test_every_progress_bar_obeys_tqdm_disable(monkeypatch, tmp_path, noise_images, disabled):
+    """The image pre-flight's bar, the trainer's (prediction and epochs share _quiet) and the MiniLM encoder's,
+    drawn on a terminal: none with TQDM_DISABLE set, each without it."""
+    from solution.images import ImageStore
+    from solution.models import minilm
+    from solution.settings import build_config
+    from solution.trainer import ArrayRows, make_loader, predict
+
+    terminal = _Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    if disabled:
+        monkeypatch.setenv("TQDM_DISABLE", "1")
+    else:
+        monkeypatch.delenv("TQDM_DISABLE", raising=False)
+    ImageStore(None, 32).prepare(noise_images(3), workers=0, skip_bad=False)
+    loader, _ = make_loader(ArrayRows([np.zeros((4, 5), np.float32)], None), 2, build_config(["num_workers=0"]),
+                            shuffle=False)
+    predict(_Features(), loader, torch.device("cpu"), desc="predicting")
+    asked = {}
+
+    class Encoder:  # sentence-transformers draws its bar exactly when show_progress_bar is true
+        def encode(self, captions, show_progress_bar, **kwargs):
+            asked["bar"] = show_progress_bar
+            return np.zeros((len(captions), 384), np.float32)
+
+    monkeypatch.setattr(minilm, "load_encoder", lambda cfg: Encoder())
+    monkeypatch.setattr(minilm, "model_path", lambda cfg: "encoder")
+    minilm.embed_captions(build_config([f"out_dir={tmp_path}"]), ["a cat on a mat"])
+    drawn = terminal.getvalue()  # the bars' own text (log lines of other handlers may land here too)
+    assert ("checking images" in drawn, "predicting" in drawn, asked["bar"]) == (not disabled,) * 3, drawn

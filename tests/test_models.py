@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from solution.config import build_config
+from solution.settings import build_config
 from solution.data import load_competition
 from solution.demo import make_dataset
 from solution.errors import UserError

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 
 from solution.artefacts import load_arrays, read_json, read_meta
-from solution.config import build_config
+from solution.settings import build_config
 from solution.context import FoldJob
 from solution.data import load_test_only
 from solution.demo import make_dataset
@@ -196,9 +196,13 @@ def test_predict_scores_a_new_test_set_without_training(finished, tmp_path):
         (new / "data" / image_id).write_bytes((root / "data" / "data" / image_id).read_bytes())
     out_copy = tmp_path / "out"
     subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
+    submitted = (out_copy / "submissions" / "submission.csv").read_bytes()
     proc = cli("predict", f"data_dir={new}", f"out_dir={out_copy}")
     assert "epoch 1/" not in proc.stderr  # no training happened
-    sub = pd.read_csv(out_copy / "submissions" / "submission.csv", dtype=str, keep_default_na=False)
+    written = list((out_copy / "submissions").glob("predict-new-*.csv"))  # named after its input
+    assert len(written) == 1 and f"predict: wrote {written[0]}" in proc.stderr
+    assert (out_copy / "submissions" / "submission.csv").read_bytes() == submitted  # the competition's, untouched
+    sub = pd.read_csv(written[0], dtype=str, keep_default_na=False)
     assert sub["ImageID"].tolist() == subset["ImageID"].tolist()
     assert all(sub["Labels"])
 
@@ -218,6 +222,13 @@ def test_infer_reproduces_every_models_saved_test_predictions(finished):
         np.testing.assert_array_equal(np.asarray(upstream[model][0], np.float32), saved, err_msg=model)
 
 
+def _predicted(out: Path) -> Path:
+    """The one file predict wrote under out/submissions (named after its data_dir and test.csv)."""
+    written = list((out / "submissions").glob("predict-*.csv"))
+    assert len(written) == 1, written
+    return written[0]
+
+
 def _in_process(*args) -> None:
     """The CLI in this process (no interpreter start-up per call); exit 0 is required."""
     assert cli_main([str(a) for a in args]) == 0, args
@@ -235,9 +246,8 @@ def test_predict_on_the_training_test_csv_reproduces_the_submission(finished, tm
     if blend == "rank":  # report checks its per-model label sets reproduce tune's in-sample scores
         _in_process("report", *common)
     submitted = (out / "submissions" / "submission.csv").read_text()
-    (out / "submissions" / "submission.csv").unlink()
     _in_process("predict", f"data_dir={root / 'data'}", f"out_dir={out}", "num_workers=0")
-    assert (out / "submissions" / "submission.csv").read_text() == submitted
+    assert _predicted(out).read_text() == submitted
 
 
 def assert_refused(capsys, args: list, *needles: str) -> None:
@@ -333,9 +343,8 @@ def test_a_retrain_cut_short_leaves_the_finished_fold_to_predict_until_the_new_o
     assert cli_main(["train", *common, "fold=0", retrain]) == 130
     monkeypatch.setattr(trainer, "save_checkpoint", real_save)
     assert json.loads((finished / "fold.json").read_text()) == record
-    submission.unlink()
     _in_process("predict", *common[:2], "num_workers=0")
-    assert submission.read_text() == submitted
+    assert _predicted(submission.parents[1]).read_text() == submitted
     capsys.readouterr()
     _in_process("train", *common, "fold=0", retrain)
     assert "bilstm fold 0: resuming after epoch 1" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from solution.cli import main as cli_main
-from solution.config import build_config
+from solution.settings import build_config
 from solution.context import FoldJob
 from solution.data import load_competition
 from solution.errors import UserError

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from solution.config import build_config
+from solution.settings import build_config
 from solution.errors import UserError
 from solution.recipe import Recipe, image_recipe
 from solution.recipe.ema import EmaWeights

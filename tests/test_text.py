@@ -9,7 +9,7 @@ import nltk
 import pytest
 
 from solution import text
-from solution.config import build_config
+from solution.settings import build_config
 from solution.errors import UserError
 from solution.stopwords import STOP_WORDS
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from solution.config import build_config
+from solution.settings import build_config
 from solution.errors import UserError
 from solution.trainer import ArrayRows, LossTally, fit, load_checkpoint, make_loader, predict
 

@@ -72,7 +72,7 @@ def _same_tuning(a: Tuned, b: Tuned) -> bool:
 def test_nested_tuning_for_fold_k_never_reads_fold_k_labels():
     """Permuting the labels of fold k's rows leaves the weights, thresholds and calibration fitted for fold k's
     nested score unchanged, while it does change the other folds' (so the permutation is felt at all)."""
-    from solution.config import build_config
+    from solution.settings import build_config
     from solution.tune import nested_tunings
 
     y, truth, rng = case(3, rows=450)
@@ -92,7 +92,7 @@ def test_nested_tuning_for_fold_k_never_reads_fold_k_labels():
 # ---- the blend's weight search: models that add nothing cost nothing, models that help are used --------------------
 
 def _evaluate(stack: np.ndarray, y: np.ndarray, *keys: str) -> dict:
-    from solution.config import build_config
+    from solution.settings import build_config
     from solution.tune import evaluate
 
     cfg = build_config(["n_folds=3", "tune.threshold_trials=3", *keys])

@@ -8,12 +8,12 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .. import log
 from ..artefacts import read_json, write_json
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..labels import N_LABELS
 from ..text import Vocab, caption_loss, cpu_threads, embedding_matrix, preprocessor
 from ..device import resolve_device
 from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 
 
 class BiLSTM(nn.Module):

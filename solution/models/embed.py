@@ -26,13 +26,13 @@ from torch import nn
 from .. import log
 from ..artefacts import content_hash
 from ..cache import ArrayCache
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..errors import UserError
 from ..images import BadImage, ImageStore, report_skipped, signature
 from ..device import resolve_device
 from ..trainer import BatchSetting, make_loader, predict
 from ..variants import own_settings
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 from .image import ImageRows, image_paths, load_backbone, normalise, register_input_stats
 from .mlp import load_head, predict_head, train_head
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..errors import UserError
-from . import FoldOutput, ModelSpec
+from ..oof import load_fold, provenance
+from .spec import ModelSpec
 from .mlp import load_head, predict_head, train_head
 
 
@@ -18,8 +19,6 @@ def _upstream(cfg):
 
 
 def _fold_features(job: FoldJob) -> dict[str, np.ndarray]:
-    from ..oof import load_fold, provenance
-
     parts = []
     for model in _upstream(job.cfg):
         meta, arrays = load_fold(job.base, job.comp, model, job.k, provenance(job.base, job.comp, model, job.k),
@@ -53,4 +52,4 @@ def infer(job: FoldJob, frame, upstream):
     return predict_head(job, load_head(job, x.shape[1], **_head_args(job.cfg)), x)
 
 
-SPEC = ModelSpec(kind="fusion", run=run, infer=infer, stacks=True)
+SPEC = ModelSpec(kind="fusion", run=run, infer=infer)

@@ -11,7 +11,7 @@ from albumentations.pytorch import ToTensorV2
 from torch import nn
 
 from .. import log
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..errors import UserError
 from ..images import CACHE_SCALE, ImageStore
 from ..labels import N_LABELS
@@ -23,7 +23,7 @@ from ..recipe.layer_decay import backbone_groups
 from ..recipe.probe import fit_linear_head
 from ..trainer import BatchSetting, fit, make_loader, predict
 from ..variants import own_settings
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 
 HEAD_PREFIXES = ("fc.", "classifier.", "head.", "head.fc.", "last_linear.")
 

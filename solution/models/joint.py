@@ -11,11 +11,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..labels import N_LABELS
 from ..device import resolve_device
 from ..trainer import load_checkpoint
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 from .bilstm import caption_branch, encode, fold_vocab, saved_vocab
 from .image import backbone_param_groups, build_backbone, check_image_weights, eval_probs, fit_image_net, normalise, register_input_stats
 

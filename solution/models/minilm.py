@@ -13,13 +13,13 @@ from torch import nn
 
 from .. import log
 from ..artefacts import load_arrays, save_arrays
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..errors import UserError
 from ..labels import N_LABELS
 from ..text import caption_loss, cpu_threads
 from ..device import resolve_device
 from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 from .mlp import load_head, predict_head, train_head
 
 MAX_TOKENS = 64  # captions reach 49 words; 64 word pieces cover them
@@ -58,7 +58,7 @@ def embed_captions(cfg, captions: list[str]) -> np.ndarray:
         return load_arrays(path)[1]["emb"]
     encoder = load_encoder(cfg)
     log.info(f"minilm: embedding {len(captions)} captions (cached in {path})")
-    emb = encoder.encode(captions, batch_size=128, show_progress_bar=True, convert_to_numpy=True,
+    emb = encoder.encode(captions, batch_size=128, show_progress_bar=not log.bars_off(), convert_to_numpy=True,
                          normalize_embeddings=True).astype(np.float32)
     save_arrays(path, {"model": model_path(cfg), "rows": len(captions)}, emb=emb)
     return emb

@@ -4,12 +4,11 @@ from __future__ import annotations
 import numpy as np
 from torch import nn
 
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
 from ..labels import N_LABELS
 from ..losses import make_loss
 from ..device import resolve_device
 from ..trainer import ArrayRows, fit, load_checkpoint, make_loader, predict
-from . import FoldOutput
 
 
 class MLP(nn.Module):

@@ -15,9 +15,10 @@ from sklearn.multiclass import OneVsRestClassifier
 from sklearn.pipeline import make_pipeline
 
 from ..artefacts import atomic_path
-from ..context import FoldJob
+from ..context import FoldJob, FoldOutput
+from ..errors import UserError
 from ..text import preprocessor
-from . import FoldOutput, ModelSpec
+from .spec import ModelSpec
 
 
 class NBLogisticRegression(ClassifierMixin, BaseEstimator):
@@ -53,7 +54,14 @@ def run(job: FoldJob) -> FoldOutput:
     model = make_pipeline(  # liblinear: one small convex fit per label, single-threaded and quicker than lbfgs here
         TfidfVectorizer(ngram_range=(1, t.tfidf_ngram), min_df=t.tfidf_min_df, sublinear_tf=True, token_pattern=r"\S+"),
         OneVsRestClassifier(NBLogisticRegression(C=t.tfidf_c) if t.tfidf_nb else LogisticRegression(C=t.tfidf_c, solver="liblinear")))
-    model.fit([texts[i] for i in job.train_idx], comp.y[job.train_idx])
+    train_texts = [texts[i] for i in job.train_idx]
+    try:
+        model.fit(train_texts, comp.y[job.train_idx])
+    except ValueError as err:  # the one data-dependent bound: min_df above the captions, or no n-gram kept
+        if "min_df" not in str(err) and "no terms remain" not in str(err):
+            raise
+        raise UserError(f"{job.label}: text.tfidf_min_df={t.tfidf_min_df} keeps no n-gram of its {len(train_texts)} "
+                        "training captions; lower text.tfidf_min_df") from None
     with atomic_path(job.ckpt_dir / "model.pkl") as tmp:
         tmp.write_bytes(pickle.dumps(model))
     val_probs = model.predict_proba([texts[i] for i in job.val_idx])
