@@ -169,3 +169,16 @@ def test_per_label_counts_and_intervals():
     assert person["f1"] == pytest.approx(2 / 3)
     assert person["f1_95"]["low"] <= person["f1"] <= person["f1_95"]["high"]
     assert person["f1_95"]["low"] < person["f1_95"]["high"]
+
+
+def test_disagreement_is_image_models_against_caption_models_at_one_half():
+    from solution.config import build_config
+
+    cfg = build_config([])
+    probs = lambda *p: np.array([list(p) + [0.0] * (len(LABELS) - len(p))])  # noqa: E731
+    oofs = {"resnet50": probs(0.9, 0.2, 0.6), "lite0": probs(0.7, 0.2, 0.6), "bilstm": probs(0.1, 0.7, 0.6),
+            "tfidf": probs(0.3, 0.5, 0.6), "fusion": probs(0.0, 0.0, 0.0)}  # fusion, if counted, would flip label 3
+    cfg.variant["lite0"] = {"kind": "embed"}
+    got = report_html.disagreement(cfg, oofs)
+    assert np.flatnonzero(got[0]).tolist() == [0, 1]  # image means 0.8, 0.2, 0.6 against caption 0.2, 0.6, 0.6
+    assert report_html.disagreement(cfg, {m: oofs[m] for m in ("bilstm", "tfidf", "fusion")}) is None
