@@ -322,7 +322,7 @@ img.figure{max-width:100%;display:block;margin:8px 0}
 .card{display:flex;gap:8px;background:#fff;border:1px solid #ddd;border-radius:4px;padding:6px}
 .thumb{width:128px;height:96px;object-fit:contain;flex:none;background:#eee}
 .placeholder{display:flex;align-items:center;justify-content:center;color:#888;font-size:12px;border:1px dashed #bbb}
-.meta{color:#666;font-size:12px}.caption{font-style:italic;margin:2px 0}
+.body{min-width:0;overflow-x:auto}.meta{color:#666;font-size:12px}.caption{font-style:italic;margin:2px 0}
 .chip{display:inline-block;border-radius:3px;padding:0 4px;margin:1px;font-size:12px;background:#eee}
 .chip.hit{background:#cfeccf}.chip.chosen{background:#cfe0f7}.chip.missed{background:#f7c6c6;border:1px solid #c33}.chip.extra{background:#fde2b8;border:1px dashed #d80}
 table.probs{font-size:11px}table.probs tr.missed td:first-child{color:#c33}table.probs tr.extra td:first-child{color:#d80}
