@@ -34,30 +34,48 @@ def _count_distributions(probs: np.ndarray) -> np.ndarray:
     return out
 
 
+def _expected_f1_by_k(ranked: np.ndarray) -> np.ndarray:
+    """(k, rows): each row's expected F1 if its first k columns (k = 1..n) are predicted, its labels independent with
+    these probabilities. With a true labels among the first k and b among the rest, F1 = 2a / (k + a + b), averaged
+    over the exact distributions of a and b, as one batched matrix product."""
+    n = ranked.shape[1]
+    count = np.arange(n + 1)
+    b, a = count[:, None], count[None, :]
+    f1 = np.stack([2 * a / np.maximum(k + a + b, 1) for k in range(1, n + 1)])  # f1[k - 1, b, a], the same for every row
+    top = _count_distributions(ranked)[1:]  # top[k - 1, a]: a true labels among the first k
+    rest = _count_distributions(ranked[:, ::-1])[n - 1::-1]  # rest[k - 1, b]: b true among the n - k others
+    return np.einsum("kbr,kbr->kr", np.matmul(f1, top), rest)  # sum over a, then b
+
+
 def expected_f1_sets(probs: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """Per row, the label set with the highest expected F1 if labels were independent with these probabilities.
 
     That set is always some k most probable labels (Jansche 2007; Ye et al. 2012), so only k = 1..n are
-    scored: with a true labels among the top k and b among the rest, F1 = 2a / (k + a + b), averaged over
-    the exact distributions of a and b. No parameters are fitted, so it adds no optimism to a score.
-    The average for every k is one batched matrix product: the blend search scores hundreds of candidates.
+    scored. No parameters are fitted, so it adds no optimism to a score. The blend search scores hundreds of
+    candidates, hence the batched products.
     """
     probs = np.asarray(probs, dtype=np.float64)
     rows, n = probs.shape
-    count = np.arange(n + 1)
-    b, a = count[:, None], count[None, :]
-    f1 = np.stack([2 * a / np.maximum(k + a + b, 1) for k in range(1, n + 1)])  # f1[k - 1, b, a], the same for every row
     pred = np.zeros((rows, n), dtype=bool)
     for start in range(0, rows, chunk):
         p = probs[start:start + chunk]
         order = np.argsort(-p, axis=1, kind="stable")
-        ranked = np.take_along_axis(p, order, axis=1)
-        top = _count_distributions(ranked)[1:]  # top[k - 1, a]: a true labels among the k most probable
-        rest = _count_distributions(ranked[:, ::-1])[n - 1::-1]  # rest[k - 1, b]: b true among the n - k others
-        expected = np.einsum("kbr,kbr->kr", np.matmul(f1, top), rest)  # sum over a, then b: (k, rows)
-        best_k = expected.argmax(axis=0) + 1  # first (smallest) k on ties
-        np.put_along_axis(pred[start:start + chunk], order, count[1:] <= best_k[:, None], axis=1)
+        best_k = _expected_f1_by_k(np.take_along_axis(p, order, axis=1)).argmax(axis=0) + 1  # first (smallest) k on ties
+        np.put_along_axis(pred[start:start + chunk], order, np.arange(1, n + 1) <= best_k[:, None], axis=1)
     return pred
+
+
+def expected_f1(probs: np.ndarray, pred: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """Each row's expected F1 of its label set `pred` (at least one label) if its labels were independent with
+    these probabilities: how likely a submitted row is to be wrong, without its true labels."""
+    probs, pred = np.asarray(probs, dtype=np.float64), np.asarray(pred, dtype=bool)
+    out = np.empty(len(probs))
+    for start in range(0, len(probs), chunk):
+        p, chosen = probs[start:start + chunk], pred[start:start + chunk]
+        order = np.argsort(~chosen, axis=1, kind="stable")  # the chosen labels first
+        by_k = _expected_f1_by_k(np.take_along_axis(p, order, axis=1))
+        out[start:start + chunk] = by_k[chosen.sum(axis=1) - 1, np.arange(len(p))]
+    return out
 
 
 def per_row_f1_binary(y_true: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -78,6 +96,14 @@ def samples_f1(y_true: np.ndarray, probs: np.ndarray, thresholds=0.5) -> float:
 
 def per_row_f1(y_true: np.ndarray, probs: np.ndarray, thresholds=0.5) -> np.ndarray:
     return per_row_f1_binary(y_true, binarize(probs, thresholds))
+
+
+def f1_by_threshold(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """One label's F1 (2tp / (predicted + true)) when predicted at each of `thresholds`."""
+    truth = np.asarray(truth, dtype=bool)
+    pred = np.asarray(probs)[:, None] >= np.asarray(thresholds)[None, :]
+    tp = np.count_nonzero(pred & truth[:, None], axis=0)
+    return 2 * tp / np.maximum(pred.sum(axis=0) + truth.sum(), 1)
 
 
 def scores(y_true: np.ndarray, pred: np.ndarray) -> dict:

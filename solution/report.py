@@ -1,4 +1,4 @@
-"""Stage 5: oof/report.md + report.json + figures, and a short console table.
+"""Stage 5: oof/report.md + report.json + figures, oof/report.html (solution/report_html.py), and a short console table.
 
 Every model and the blend get samples-F1 at 0.5, tuned in-sample and nested; micro/macro F1 and
 per-label precision/recall/F1/support under the in-sample tuned decision; per-fold scores; and both decisions
@@ -16,8 +16,9 @@ from .config import DECISIONS, Config
 from .data import Competition
 from .errors import UserError
 from .labels import LABELS, NAMES
-from .metric import scores
+from .metric import f1_by_threshold, scores
 from .oof import collect_oof
+from .report_html import write_report_html
 from .submit import load_blend
 from .tune import Tuned, rank_transform
 from .variants import describe
@@ -55,13 +56,7 @@ def _plots(fig_dir, entries: dict, blend_oof: np.ndarray, y: np.ndarray, weights
 
     fig, axes = plt.subplots(3, 6, figsize=(15, 7), sharex=True, sharey=True)
     for j, ax in enumerate(axes.flat):
-        truth = y[:, j].astype(bool)
-        f1 = []
-        for t in CURVE:
-            pred = blend_oof[:, j] >= t
-            tp = np.count_nonzero(pred & truth)
-            f1.append(2 * tp / max(pred.sum() + truth.sum(), 1))
-        ax.plot(CURVE, f1)
+        ax.plot(CURVE, f1_by_threshold(y[:, j], blend_oof[:, j], CURVE))
         ax.axvline(entries["blend"]["thresholds"][str(LABELS[j])], color="red", lw=0.8)
         ax.set_title(names[j], fontsize=8)
     fig.suptitle("Blend: per-label F1 against threshold (red: tuned threshold)")
@@ -138,9 +133,10 @@ def _noise(cfg: Config, comp: Competition, record: dict, arrays: dict) -> dict:
 def report(cfg: Config, comp: Competition) -> dict:
     record, arrays = load_blend(cfg, comp)
     noise = _noise(cfg, comp, record, arrays)
-    models, curves = {}, {}
+    models, curves, oofs, tests = {}, {}, {}, {}
     for model in record["models"]:
-        oof, _, metas = collect_oof(cfg, comp, model)
+        oofs[model], tests[model], metas = collect_oof(cfg, comp, model)
+        oof = oofs[model]
         if record["blend"] == "rank":  # its thresholds and calibration were fitted on the rank scale
             oof = rank_transform(oof, oof)[0]
         entry = _entry(model, comp.y, oof, record["per_model"][model], record["decision"])
@@ -162,8 +158,10 @@ def report(cfg: Config, comp: Competition) -> dict:
     md = _markdown(cfg, out, figures)
     with atomic_path(cfg.out / "oof" / "report.md") as tmp:
         tmp.write_text(md, encoding="utf-8")
+    page = write_report_html(cfg, comp, record, arrays, out, oofs, tests, md)
     log.info("\n" + _table(out) + "".join(f"\n{line}" for line in _group_lines(out)) + "\n" + _leaderboard(out))
-    log.info(f"report: {cfg.out / 'oof' / 'report.md'} and report.json")
+    log.info(f"report: {cfg.out / 'oof' / 'report.md'}, report.json and {page} (errors, labels, test rows; "
+             "open it in a browser)")
     return out
 
 

@@ -289,19 +289,21 @@ def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Con
     """At-0.5, in-sample tuned and nested scores of one blend (a single model is a blend of one).
 
     samples_f1_tuned/nested follow tune.decision; by_decision has both decisions' scores side by side. row_f1 is
-    each row's nested F1 under tune.decision (scored by the tuning fitted without its fold): what intervals resample.
+    each row's nested F1 under tune.decision (scored by the tuning fitted without its fold): what intervals resample;
+    row_pred is the label set that scored it (what the report's error gallery shows).
     """
     decision = cfg.tune.decision
     tuned = fit_tuning(stack, y, cfg)
     blend = combine(stack, tuned.weights)
     plain = combine(stack, np.ones(len(stack)))
     in_sample = {d: tuned.label_sets(blend, d) for d in DECISIONS}
-    per_fold, row_f1, searched = [], np.empty(len(y)), tuned.search_seconds
+    per_fold, row_f1, row_pred, searched = [], np.empty(len(y)), np.zeros(y.shape, dtype=bool), tuned.search_seconds
     for k, inner in enumerate(nested_tunings(stack, y, fold_of_row, cfg)):
         held = fold_of_row == k
         held_blend = combine(stack[:, held], inner.weights)
-        rows = {d: per_row_f1_binary(y[held], inner.label_sets(held_blend, d)) for d in DECISIONS}
-        row_f1[held], searched = rows[decision], searched + inner.search_seconds
+        sets = {d: inner.label_sets(held_blend, d) for d in DECISIONS}
+        rows = {d: per_row_f1_binary(y[held], s) for d, s in sets.items()}
+        row_f1[held], row_pred[held], searched = rows[decision], sets[decision], searched + inner.search_seconds
         nested = {d: float(np.mean(r)) for d, r in rows.items()}
         per_fold.append({"fold": k, "samples_f1_at_0.5": samples_f1(y[held], plain[held]),
                          "samples_f1_tuned": samples_f1_binary(y[held], in_sample[decision][held]),
@@ -314,7 +316,7 @@ def evaluate(stack: np.ndarray, y: np.ndarray, fold_of_row: np.ndarray, cfg: Con
         "samples_f1_at_0.5": samples_f1(y, plain),
         "samples_f1_global": samples_f1(y, blend, tuned.global_threshold),
         **by_decision[decision], "by_decision": by_decision, "decision": decision,
-        "tuned": tuned, "per_fold": per_fold, "row_f1": row_f1, "search_seconds": searched,
+        "tuned": tuned, "per_fold": per_fold, "row_f1": row_f1, "row_pred": row_pred, "search_seconds": searched,
     }
 
 
@@ -368,7 +370,7 @@ def tune(cfg: Config, comp: Competition) -> dict:
         **tuned.to_record(),
         "f1": {k: blend[k] for k in ("samples_f1_at_0.5", "samples_f1_global", "samples_f1_tuned", "samples_f1_nested")},
         "by_decision": blend["by_decision"], "per_fold": blend["per_fold"],
-        "per_model": {m: {**{k: v for k, v in r.items() if k not in ("tuned", "row_f1")}, **r["tuned"].to_record()}
+        "per_model": {m: {**{k: v for k, v in r.items() if k not in ("tuned", "row_f1", "row_pred")}, **r["tuned"].to_record()}
                       for m, r in results.items()},
         "n_folds": cfg.n_folds, "provenance": _blend_provenance(cfg, comp, models, contents), "seconds": seconds,
         "search_seconds": blend["search_seconds"],
@@ -380,10 +382,12 @@ def tune(cfg: Config, comp: Competition) -> dict:
     final_test = combine(np.stack([tests[m] for m in models]), tuned.weights)
     # nested_f1: each row's nested F1 of every model (record["models"] order), then of the blend, then of each
     # group's blend (record["groups"] order); fold: its fold. report and compare resample them for intervals.
+    # nested_pred: the blend's label set behind each row's nested F1 (report.html's error gallery).
     save_arrays(cfg.out / "oof" / "blend.npz", record["provenance"], oof_ids=comp.train["ImageID"].to_numpy(dtype=str),
                 oof=final_oof, test_ids=comp.test["ImageID"].to_numpy(dtype=str), test=final_test,
                 nested_f1=np.stack([*(results[m]["row_f1"] for m in models), blend["row_f1"],
-                                    *(r["row_f1"] for r in groups.values())]), fold=fold_of_row)
+                                    *(r["row_f1"] for r in groups.values())]), fold=fold_of_row,
+                nested_pred=blend["row_pred"])
     write_json(cfg.out / "oof" / "blend.json", record)
     return record
 

@@ -6,7 +6,7 @@ import pytest
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from solution.labels import LABELS, N_LABELS
-from solution.metric import binarize, expected_f1_sets, per_row_f1, samples_f1, scores
+from solution.metric import binarize, expected_f1, expected_f1_sets, f1_by_threshold, per_row_f1, samples_f1, scores
 
 
 def random_case(seed: int, rows: int = 300):
@@ -113,6 +113,21 @@ def test_expected_f1_sets_are_the_best_of_all_label_sets(seed):
         best = max(_expected_f1_by_enumeration(row, s) for s in every_set)
         assert pred.any()
         assert _expected_f1_by_enumeration(row, pred) == pytest.approx(best, abs=1e-12)
+
+
+def test_expected_f1_of_any_set_matches_enumeration():
+    """report.html ranks test rows by the expected F1 of their submitted set, whatever set the decision chose."""
+    rng = np.random.default_rng(5)
+    probs = rng.beta(0.6, 0.9, (7, 6))
+    sets = rng.random((7, 6)) < 0.4
+    sets[np.arange(7), rng.integers(0, 6, 7)] = True  # every row has a label
+    got = expected_f1(probs, sets, chunk=3)
+    assert got == pytest.approx([_expected_f1_by_enumeration(p, s) for p, s in zip(probs, sets)], abs=1e-12)
+
+
+def test_f1_by_threshold_is_each_thresholds_f1():
+    truth, probs = np.array([1, 1, 0, 0, 1], bool), np.array([0.9, 0.4, 0.6, 0.1, 0.2])
+    assert f1_by_threshold(truth, probs, np.array([0.3, 0.5, 0.95])) == pytest.approx([2 * 2 / 6, 2 * 1 / 5, 0.0])
 
 
 def test_expected_f1_sets_follow_confidence():

@@ -128,6 +128,29 @@ def test_report_has_the_documented_schema_and_figures(finished):
     assert "nested" in md.lower()
 
 
+
+def test_report_html_shows_every_photo_and_where_image_and_caption_models_disagree(finished):
+    """With image models the page has a thumbnail per card (from the image cache), and each gallery card's
+    data-disagree names the labels where the image models' mean probability and the caption models' fall on
+    opposite sides of 0.5 (fusion and joint read both, so count for neither)."""
+    import re
+
+    from solution.data import load_competition
+    from solution.oof import collect_oof
+
+    root, _ = finished
+    text = (root / "out" / "oof" / "report.html").read_text()
+    cards = re.findall(r'<div class="card" data-row="(\d+)"[^>]*data-disagree="([^"]*)">(<img class="thumb")?', text)
+    assert len(cards) == 90 and all(thumb for _, _, thumb in cards)  # the gallery holds every row of this tiny run
+    cfg = build_config(every_model(root))
+    comp = load_competition(cfg.data_dir)
+    mean = {side: np.mean([collect_oof(cfg, comp, m)[0] for m in models], axis=0) >= 0.5
+            for side, models in (("image", ("resnet50", "convnext", "lite0")), ("caption", ("bilstm", "tfidf")))}
+    disagree = mean["image"] != mean["caption"]
+    assert any(labels for _, labels, _ in cards)
+    for row, labels, _ in cards:
+        assert labels == " ".join(str(LABELS[j]) for j in np.flatnonzero(disagree[int(row)])), row
+
 def test_config_is_saved_beside_the_outputs(finished):
     root, _ = finished
     saved = json.loads((root / "out" / "oof" / "config.json").read_text())
