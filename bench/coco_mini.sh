@@ -11,7 +11,8 @@
 # Each score's 95% interval comes from the report (rows resampled within folds); with 97 rows it is about ±0.07, so
 # each model is also given paired on the same rows against the baseline and against the frozen embedding.
 # Usage: bash bench/coco_mini.sh [WORK_DIR]   (PYTHON defaults to .venv/bin/python; about 50 min on 2 CPU cores)
-# A run whose NAME.seconds exists in WORK_DIR is kept, so a cut-off script picks up where it stopped.
+# A run whose NAME.seconds exists in WORK_DIR is kept, so a cut-off script picks up where it stopped; SKIP="random ..."
+# leaves those runs out (their rows say "not run").
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-.venv/bin/python}"
@@ -25,6 +26,7 @@ timed() {  # timed NAME ARGS...: one `all` run into $work/NAME, its wall time in
   local name="$1" start="$SECONDS"
   shift
   [ -f "$work/$name.seconds" ] && return
+  [[ " ${SKIP:-} " == *" $name "* ]] && return
   "$PYTHON" -m solution all "${common[@]}" out_dir="$work/$name" "$@" > "$work/$name.log" 2>&1
   echo "$((SECONDS - start))" > "$work/$name.seconds"
 }
