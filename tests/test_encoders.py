@@ -191,6 +191,7 @@ def test_length_batches_hold_equal_lengths_within_the_budget():
     assert all(len({lengths[i] for i in b}) == 1 for b in batches)
     assert all(len(b) * lengths[b[0]] <= 12 or len(b) == 1 for b in batches)
     assert batches == [[1, 4, 5], [0, 2], [6, 8], [3], [7]]  # 3 of length 3 fill 9 of 12; a 40 goes alone
+    assert minilm.length_batches([2, 3, 2], tokens=12) == [[0, 2], [1]]  # room for a 3, but not its length
 
 
 def test_encode_gives_sentence_transformers_embeddings():
