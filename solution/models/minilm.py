@@ -74,7 +74,7 @@ def encode(encoder, captions: list[str], desc: str) -> np.ndarray:
     """Normalised sentence embeddings of `captions`, in order, on every CPU thread without autograd, batched
     by length (length_batches): what SentenceTransformer.encode gives, up to float rounding, with no padding."""
     ids = encoder.tokenizer(list(captions), truncation=True, max_length=encoder.max_seq_length)["input_ids"]
-    out = np.empty((len(captions), encoder.get_embedding_dimension()), np.float32)
+    out = None
     device = next(encoder.parameters()).device
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     encoder.eval()
@@ -83,8 +83,10 @@ def encode(encoder, captions: list[str], desc: str) -> np.ndarray:
                          dynamic_ncols=True):
             batch = torch.tensor([ids[i] for i in rows], device=device)
             emb = encoder({"input_ids": batch, "attention_mask": torch.ones_like(batch)})["sentence_embedding"]
+            if out is None:
+                out = np.empty((len(captions), emb.shape[1]), np.float32)
             out[rows] = nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
-    return out
+    return out if out is not None else np.empty((0, encoder[0].auto_model.config.hidden_size), np.float32)
 
 
 def encoder_identity(cfg) -> str:
