@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import subprocess
 import sys
@@ -70,9 +71,11 @@ def init(device: torch.device) -> None:
 def finish() -> None:
     """Every rank done: leave the group together. A rank that tears its group down (or exits) while a peer still
     finishes the last collective can abort that peer ("terminate called without an active exception"), and
-    torchrun then reports a finished run as failed. Only after success: on an error the other ranks may never
-    arrive, and torchrun ends them."""
+    torchrun then reports a finished run as failed. DDP wrappers sit in reference cycles (their gradient hooks
+    hold the reducer), so they are collected first, while the group they talk through still exists. Only after
+    success: on an error the other ranks may never arrive, and torchrun ends them."""
     if active():
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
 

@@ -178,6 +178,22 @@ def run_cli():
     return _run_cli
 
 
+@pytest.fixture
+def cli(capsys):
+    """cli(*args) -> CompletedProcess of the CLI's main(ARGS) run in this process, stdout and stderr captured. For
+    runs that end before training: importing torch in a fresh interpreter costs more than the check itself, and on
+    two cores beside the background runs it took 10 to 20 s a test."""
+    from solution.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(list(args), code, captured.out, captured.err)
+
+    return run
+
+
 @pytest.fixture(scope="session")
 def background() -> dict:
     """What each module's start_background returned, by module name."""

@@ -173,8 +173,7 @@ def _rank_step(rank: int, port: int, out: str) -> None:
         ids, feats = distributed.gather_rows(rows, feats)
         gathered[n] = (ids.tolist(), feats.shape)
     torch.save(gathered, Path(out) / f"gathered{rank}.pt")
-    dist.barrier()  # both ranks done before either leaves: a rank leaving mid-collective can abort its peer
-    dist.destroy_process_group()
+    distributed.finish()  # as a real run leaves: its DDP wrappers collected, then both ranks leave together
 
 
 def test_one_ddp_step_on_a_global_batch_equals_the_one_process_step(tmp_path):

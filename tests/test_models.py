@@ -16,7 +16,7 @@ from solution.train import train
 from solution.tune import best_global_threshold
 
 FAST = ["n_folds=3", "num_workers=0", "image.model=test_resnet", "image.size=64", "image.pretrained=false",
-        "image.epochs=20", "image.batch_size=16", "image.lr=3e-3", "text.epochs=15", "text.lr=5e-3",
+        "image.epochs=12", "image.batch_size=16", "image.lr=3e-3", "text.epochs=15", "text.lr=5e-3",
         "text.batch_size=16", "fusion.epochs=15", "fusion.batch_size=32", "fusion.hidden=256", "patience=12"]
 # How far each model must beat chance on this tiny set (the image net learns from random weights).
 MARGIN = {"resnet50": 0.03, "bilstm": 0.05, "tfidf": 0.05, "fusion": 0.05, "minilm": 0.05, "joint": 0.05}
