@@ -179,8 +179,8 @@ def run_cli():
 
 
 @pytest.fixture
-def cli(capsys):
-    """cli(*args) -> CompletedProcess of the CLI's main(ARGS) run in this process, stdout and stderr captured. For
+def run_main(capsys):
+    """run_main(*args) -> CompletedProcess of the CLI's main(ARGS) run in this process, stdout and stderr captured. For
     runs that end before training: importing torch in a fresh interpreter costs more than the check itself, and on
     two cores beside the background runs it took 10 to 20 s a test."""
     from solution.cli import main

@@ -150,7 +150,7 @@ def test_kinds_match_the_registry():
     assert set(BUILTINS.values()) <= set(KINDS)
 
 
-# ---- the CLI: `python -m solution` (run_cli), or main() in this process (cli) for runs that stop early ---
+# ---- the CLI: `python -m solution` (run_cli), or main() in this process (run_main) for runs that stop early ---
 
 def test_help_lists_every_key_and_command(run_cli):
     proc = run_cli("--help")
@@ -180,26 +180,26 @@ def test_cli_bad_setting_is_one_line(run_cli, assert_cli_error, tmp_path, args, 
     assert not out.exists()  # refused before anything was written
 
 
-def test_cli_data_dir_missing(cli, assert_cli_error, tmp_path, nothing_half_written):
+def test_cli_data_dir_missing(run_main, assert_cli_error, tmp_path, nothing_half_written):
     out = tmp_path / "O"
-    proc = cli("train", f"data_dir={tmp_path / 'nope'}", f"out_dir={out}", "models=tfidf", "n_folds=2")
+    proc = run_main("train", f"data_dir={tmp_path / 'nope'}", f"out_dir={out}", "models=tfidf", "n_folds=2")
     assert_cli_error(proc, "data_dir", str(tmp_path / "nope"))
     nothing_half_written(out)
 
 
-def test_cli_data_dir_without_train_csv(cli, assert_cli_error, demo_csv, tmp_path, nothing_half_written):
+def test_cli_data_dir_without_train_csv(run_main, assert_cli_error, demo_csv, tmp_path, nothing_half_written):
     (demo_csv / "train.csv").unlink()
     out = tmp_path / "O"
-    proc = cli("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
+    proc = run_main("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
     assert_cli_error(proc, str(demo_csv / "train.csv"))
     nothing_half_written(out)
 
 
-def test_cli_out_dir_not_writable(cli, assert_cli_error, demo_csv, tmp_path):
+def test_cli_out_dir_not_writable(run_main, assert_cli_error, demo_csv, tmp_path):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
     out = blocker / "sub"  # cannot be created, even by root
-    proc = cli("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
+    proc = run_main("train", f"data_dir={demo_csv}", f"out_dir={out}", "models=tfidf", "n_folds=2")
     assert_cli_error(proc, "out_dir", str(out))
     assert blocker.read_text() == "not a folder"
 
@@ -313,9 +313,9 @@ def test_the_shipped_variants_files_are_valid_and_name_real_timm_weights(name):
                 assert table[key] in known, table
 
 
-def test_cli_a_variant_whose_backbone_cannot_be_built_is_one_line_naming_it(cli, assert_cli_error, demo_csv,
-                                                                               tmp_path):
-    proc = cli("train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "variant.cx.kind=image",
-               "variant.cx.image.model=convnext_smal", "models=cx")
+def test_cli_a_variant_whose_backbone_cannot_be_built_is_one_line_naming_it(run_main, assert_cli_error, demo_csv,
+                                                                                tmp_path):
+    proc = run_main("train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "variant.cx.kind=image",
+                    "variant.cx.image.model=convnext_smal", "models=cx")
     assert_cli_error(proc, "variant cx:", "image.model", "convnext_smal", "variant.cx.KEY=VALUE")
     assert not (tmp_path / "O" / "folds").exists()

@@ -93,14 +93,14 @@ def test_wordnet_without_its_data_is_a_one_line_user_error(monkeypatch):
     assert "text.normaliser=porter" in message and "\n" not in message
 
 
-def test_wordnet_without_its_data_stops_the_cli(cli, assert_cli_error, demo_csv, tmp_path):
+def test_wordnet_without_its_data_stops_the_cli(run_main, assert_cli_error, demo_csv, tmp_path):
     try:
         nltk.data.find("corpora/wordnet")
         pytest.skip("the nltk WordNet data is installed here")
     except LookupError:
         pass
-    proc = cli("train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "models=tfidf", "n_folds=2",
-               "text.normaliser=wordnet")
+    proc = run_main("train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "models=tfidf", "n_folds=2",
+                    "text.normaliser=wordnet")
     assert_cli_error(proc, "text.normaliser=wordnet", "nltk.downloader wordnet", "text.normaliser=porter")
 
 
