@@ -118,6 +118,8 @@ class BackgroundCli:
 # ---- slow CLI runs started as soon as collection ends -------------------------------------------
 # A test module that defines start_background(root, start) gets it called once, right after collection,
 # and its tests are moved to the end of the run: its slow subprocesses then overlap every other test.
+# Among those modules, one with a larger BACKGROUND_LAST (default 0) runs later: the module whose run ends
+# last goes last, so the others' tests use the time its run still needs instead of waiting for it.
 # The module reads what it started from BACKGROUND[module name] (None when it is run some other way).
 
 BACKGROUND: dict[str, dict] = {}
@@ -136,8 +138,13 @@ def _background_modules(items):
 
 
 def pytest_collection_modifyitems(session, config, items):
-    late = set(_background_modules(items))
-    items.sort(key=lambda item: getattr(getattr(item, "module", None), "__name__", "") in late)  # stable
+    late = _background_modules(items)
+
+    def place(item) -> tuple[bool, int]:
+        module = late.get(getattr(getattr(item, "module", None), "__name__", ""))
+        return module is not None, getattr(module, "BACKGROUND_LAST", 0)
+
+    items.sort(key=place)  # stable: within a place, the collected order
 
 
 def pytest_collection_finish(session):

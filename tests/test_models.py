@@ -27,6 +27,9 @@ def _demo_args(root: Path) -> list[str]:
             *FAST]
 
 
+BACKGROUND_LAST = 1  # this module's run is the suite's longest: its tests go last (conftest)
+
+
 def start_background(root: Path, start) -> dict:
     """One tiny training run of every model (3 folds), started right after collection (conftest), so its
     two minutes overlap the other tests; the tests below read its artefacts."""
