@@ -201,13 +201,13 @@ def test_changing_one_variant_makes_only_it_and_its_stacks_stale(finished, tmp_p
     assert retrained == {"convnext", "fuse_convnext"}
 
 
-def test_second_train_skips_finished_folds(finished):
+def test_second_train_skips_finished_folds(finished, run_main):
     root, _ = finished
-    proc = cli("train", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "models=tfidf", *TINY)
+    proc = run_main("train", f"data_dir={root / 'data'}", f"out_dir={root / 'out'}", "models=tfidf", *TINY)
     assert proc.stderr.count("skipping") == 3
 
 
-def test_predict_scores_a_new_test_set_without_training(finished, tmp_path):
+def test_predict_scores_a_new_test_set_without_training(finished, tmp_path, run_main):
     root, _ = finished
     new = tmp_path / "new"
     (new / "data").mkdir(parents=True)
@@ -220,7 +220,8 @@ def test_predict_scores_a_new_test_set_without_training(finished, tmp_path):
     out_copy = tmp_path / "out"
     subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
     submitted = (out_copy / "submissions" / "submission.csv").read_bytes()
-    proc = cli("predict", f"data_dir={new}", f"out_dir={out_copy}")
+    proc = run_main("predict", f"data_dir={new}", f"out_dir={out_copy}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     assert "epoch 1/" not in proc.stderr  # no training happened
     written = list((out_copy / "submissions").glob("predict-new-*.csv"))  # named after its input
     assert len(written) == 1 and f"predict: wrote {written[0]}" in proc.stderr
@@ -303,18 +304,18 @@ def test_fusion_is_stale_when_an_upstream_fold_is_retrained(finished, tmp_path, 
     assert_refused(capsys, ["tune", *common, "models=fusion", "text.hidden=8"], "stale", "./run.sh train models=fusion fold=")
 
 
-def test_changed_settings_make_old_oof_stale(finished, tmp_path):
+def test_changed_settings_make_old_oof_stale(finished, tmp_path, run_main):
     root, _ = finished
     out_copy = tmp_path / "out"
     subprocess.run(["cp", "-r", str(root / "out"), str(out_copy)], check=True)
-    proc = cli("tune", f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion",
-               *TINY, "text.max_len=5", check=False)
+    proc = run_main("tune", f"data_dir={root / 'data'}", f"out_dir={out_copy}", "models=resnet50,bilstm,tfidf,fusion",
+                    *TINY, "text.max_len=5")
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("error:") and "stale" in line and "./run.sh train models=bilstm" in line
 
 
-def test_kill_during_training_then_resume(tmp_path):
+def test_kill_during_training_then_resume(tmp_path, run_main):
     make_dataset(tmp_path / "data", n_train=400, n_test=20, images=False)
     args = ["train", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=bilstm", "n_folds=2",
             "fold=0", "num_workers=0", "text.epochs=15", "patience=100", "text.batch_size=8"]
@@ -330,7 +331,8 @@ def test_kill_during_training_then_resume(tmp_path):
     proc.wait()
     assert not (tmp_path / "out" / "oof" / "bilstm" / "fold0.npz").exists()
     (last.parent / ".last.pt.killed.tmp").write_bytes(b"half a checkpoint")  # what a kill mid-write leaves
-    resumed = cli(*args)
+    resumed = run_main(*args)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch" in resumed.stderr
     first_epoch = int(resumed.stderr.split("resuming after epoch ")[1].split()[0])
     assert first_epoch >= 1
@@ -390,8 +392,8 @@ def test_fold_outside_range_is_one_line_naming_fold(tmp_path):
                     reason="../shared/data/coco-mini is not here (it exists only in the project's workspace)")
 def test_image_model_smoke_on_real_coco_photos(tmp_path):
     data = REPO.parent / "shared" / "data" / "coco-mini"
-    cli("train", f"data_dir={data}", f"out_dir={tmp_path}", "models=resnet50", "n_folds=2", "fold=0..1",
-        "image.model=test_resnet", "image.size=48", "image.pretrained=false", "image.epochs=1", "num_workers=0")
+    _in_process("train", f"data_dir={data}", f"out_dir={tmp_path}", "models=resnet50", "n_folds=2", "fold=0..1",
+                "image.model=test_resnet", "image.size=48", "image.pretrained=false", "image.epochs=1", "num_workers=0")
     for k in (0, 1):
         assert (tmp_path / "oof" / "resnet50" / f"fold{k}.npz").exists()
 
@@ -410,10 +412,11 @@ def test_threshold_decision_submits_and_a_changed_decision_needs_a_new_tune(fini
     assert len(sub) == 25 and all(sub["Labels"])
 
 
-def test_holdout_scores_an_unseen_slice(tmp_path):
+def test_holdout_scores_an_unseen_slice(tmp_path, run_main):
     make_dataset(tmp_path / "data", n_train=120, n_test=10, images=False)
-    proc = cli("holdout", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=tfidf",
-               "n_folds=3", "num_workers=0", "tune.trials=4", "tune.threshold_trials=3")
+    proc = run_main("holdout", f"data_dir={tmp_path / 'data'}", f"out_dir={tmp_path / 'out'}", "models=tfidf",
+                    "n_folds=3", "num_workers=0", "tune.trials=4", "tune.threshold_trials=3")
+    assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "out" / "holdout" / "result.json").read_text())
     kept = pd.read_csv(tmp_path / "out" / "holdout" / "data" / "train.csv", dtype=str)
     assert result["held_back_rows"] + len(kept) == 120 and 20 <= result["held_back_rows"] <= 28
