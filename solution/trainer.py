@@ -24,7 +24,7 @@ from .errors import UserError
 from .device import autocast_dtype, resolve_device, to_device, training_device, uses_channels_last
 from .metric import samples_f1
 from .recipe import Recipe
-from .recipe.updates import Updater
+from .recipe.updates import Updater, updates_per_epoch
 
 
 def compile_backbone(net: nn.Module, cfg) -> None:
@@ -272,8 +272,7 @@ def fit(job: FoldJob, net: nn.Module, param_groups: list[dict], train_loader, st
     scaler = torch.amp.GradScaler("cuda", enabled=autocast_dtype(device) == torch.float16)
     optimizer = make_optimizer(cfg, param_groups, device)
     batches = len(train_loader)
-    updates_per_epoch = -(-batches // max(1, recipe.accum_steps))
-    schedule = recipe.schedule(cfg.scheduler, optimizer, epochs, updates_per_epoch)
+    schedule = recipe.schedule(cfg.scheduler, optimizer, epochs, updates_per_epoch(batches, recipe.accum_steps))
     last_path, best_path = job.ckpt_dir / "last.pt", job.ckpt_dir / "best.pt"
     ckpt = _resume_state(job, last_path)
     if ckpt is not None and ckpt.get("provenance") != job.provenance:

@@ -10,10 +10,15 @@ from torch import nn
 from ..device import autocast_dtype, to_device, uses_channels_last
 
 
+def updates_per_epoch(batches: int, accum_steps: int) -> int:
+    """Optimizer updates in an epoch of `batches` micro-batches: groups of accum_steps, the last one maybe short."""
+    return -(-batches // max(1, accum_steps))
+
+
 class Updater:
     """Each batch of the loader is a micro-batch; every `accum_steps` of them (fewer for an epoch's last group) make
     one update. Each micro-batch's mean loss is divided by its group's size before backward, so the summed gradients
-    are those of the group's mean loss: one batch of batch_size x accum_steps rows (x ranks), as the batches are
+    are those of the group's mean loss: one batch of accum_steps x the loader's batch (x ranks), as the batches are
     equal (the loader drops a ragged last one). In a DDP run the inner micro-batches skip the gradient all-reduce
     (no_sync) and the group's last one averages the sum over the ranks. Under fp16 autocast the scaled gradients add
     up and are unscaled once, before clipping. After each update the schedule steps and the EMA follows.
@@ -31,7 +36,7 @@ class Updater:
         self.schedule, self.ema, self.forward, self.augment, self.mixer = schedule, ema, forward, augment, mixer
 
     def updates_per_epoch(self) -> int:
-        return -(-self.batches // self.accum)
+        return updates_per_epoch(self.batches, self.accum)
 
     def reseed(self, seed: int) -> None:
         for part in (self.augment, self.mixer):
