@@ -34,11 +34,10 @@ def data(tmp_path_factory) -> Path:
     return make_dataset(tmp_path_factory.mktemp("failures") / "data", n_train=24, n_test=6, size=(40, 32))
 
 
-def run(capsys, *args) -> tuple[int, str]:
+def run(run_main, *args) -> tuple[int, str]:
     """The CLI in this process: (exit code, stderr)."""
-    capsys.readouterr()
-    code = cli_main([str(a) for a in args])
-    return code, capsys.readouterr().err
+    proc = run_main(*args)
+    return proc.returncode, proc.stderr
 
 
 def assert_one_line(code: int, err: str, *needles: str) -> str:
@@ -129,13 +128,13 @@ def assert_no_temp_files(out: Path) -> None:
 
 
 def test_a_full_disk_while_caching_images_gives_the_space_back_and_a_rerun_completes(data, tmp_path, full_disk,
-                                                                                       capsys, monkeypatch):
+                                                                                       run_main, monkeypatch):
     out = tmp_path / "out"
     disk = full_disk(out / "cache", room=64_000)  # room for a dozen of the 30 images
     monkeypatch.setattr(ImageStore, "_check_room", lambda *args: None)  # filled by someone else after the pre-flight
     monkeypatch.setattr(images, "BATCH_BYTES", 20_000)  # published 4 images at a time
     args = ["train", f"data_dir={data}", f"out_dir={out}", "models=resnet50", *TINY]
-    assert_one_line(*run(capsys, *args), str(out / "cache" / "images_32."), "No space left on device", "out_dir=")
+    assert_one_line(*run(run_main, *args), str(out / "cache" / "images_32."), "No space left on device", "out_dir=")
     index = json.loads((out / "cache" / "images_32.json").read_text())
     spans = sorted((offset, offset + h * w * 3) for offset, h, w, _ in index.values())
     assert 0 < len(index) < 30
@@ -145,7 +144,7 @@ def test_a_full_disk_while_caching_images_gives_the_space_back_and_a_rerun_compl
         np.testing.assert_array_equal(store.get(Path(key)), load_rgb(Path(key), round(CACHE_SCALE * 32)))
     assert_no_temp_files(out)
     disk.make_room()
-    code, err = run(capsys, *args)
+    code, err = run(run_main, *args)
     assert code == 0, err[-2000:]
     assert len(json.loads((out / "cache" / "images_32.json").read_text())) == 30
     assert (out / "oof" / "resnet50" / "fold0.npz").exists()
@@ -160,50 +159,50 @@ def uninterrupted(data, tmp_path_factory) -> Path:
 
 
 def test_a_full_disk_at_a_checkpoint_keeps_the_last_finished_epoch_and_a_rerun_repeats_the_uninterrupted_run(
-        data, tmp_path, full_disk, capsys, uninterrupted):
+        data, tmp_path, full_disk, run_main, uninterrupted):
     done = uninterrupted / "checkpoints" / "resnet50" / "fold0"
     best, last = ((done / name).stat().st_size for name in ("best.pt", "last.pt"))
     out = tmp_path / "out"
     disk = full_disk(out / "checkpoints" / "resnet50", room=best + last + best // 2)  # epoch 1's two files, not more
     args = ["train", f"data_dir={data}", f"out_dir={out}", "models=resnet50", *TINY]
-    assert_one_line(*run(capsys, *args), str(out / "checkpoints" / "resnet50" / "fold0.partial"), ".pt: No space left")
+    assert_one_line(*run(run_main, *args), str(out / "checkpoints" / "resnet50" / "fold0.partial"), ".pt: No space left")
     staged = out / "checkpoints" / "resnet50" / "fold0.partial"
     assert trainer.load_checkpoint(staged / "last.pt")["epoch"] == 1  # whole, the last finished epoch
     assert not (out / "checkpoints" / "resnet50" / "fold0").exists() and not list((out / "oof").glob("resnet50/fold*"))
     assert_no_temp_files(out)
     disk.make_room()
-    code, err = run(capsys, *args)
+    code, err = run(run_main, *args)
     assert code == 0 and "resuming after epoch 1" in err, err[-2000:]
     for name in ("fold0.npz", "fold0_features.npz"):
         assert load_arrays(out / "oof" / "resnet50" / name)[0]["content"] == \
             load_arrays(uninterrupted / "oof" / "resnet50" / name)[0]["content"]
 
 
-def test_a_full_disk_at_an_oof_file_writes_no_part_of_the_fold_and_a_rerun_completes(data, tmp_path, full_disk, capsys):
+def test_a_full_disk_at_an_oof_file_writes_no_part_of_the_fold_and_a_rerun_completes(data, tmp_path, full_disk, run_main):
     out = tmp_path / "out"
     disk = full_disk(out / "oof" / "tfidf")
     args = ["train", f"data_dir={data}", f"out_dir={out}", "models=tfidf", *TINY]
-    assert_one_line(*run(capsys, *args), f"cannot write {out / 'oof' / 'tfidf' / 'fold0.npz'}: No space left on device")
+    assert_one_line(*run(run_main, *args), f"cannot write {out / 'oof' / 'tfidf' / 'fold0.npz'}: No space left on device")
     assert [p.name for p in (out / "oof" / "tfidf").iterdir()] in ([], ["ballast"])
     assert not (out / "checkpoints" / "tfidf" / "fold0").exists()  # no record: the fold is not done
     assert_no_temp_files(out)
     disk.make_room()
-    code, err = run(capsys, *args)
+    code, err = run(run_main, *args)
     assert code == 0 and (out / "oof" / "tfidf" / "fold0.npz").exists(), err[-2000:]
     assert (out / "checkpoints" / "tfidf" / "fold0" / "fold.json").exists()
 
 
-def test_a_full_disk_at_the_submission_writes_none_and_a_rerun_completes(data, tmp_path, full_disk, capsys):
+def test_a_full_disk_at_the_submission_writes_none_and_a_rerun_completes(data, tmp_path, full_disk, run_main):
     out = tmp_path / "out"
     disk = full_disk(out / "submissions")
     args = ["all", f"data_dir={data}", f"out_dir={out}", "models=tfidf", "n_folds=2", "tune.trials=2",
             "tune.threshold_trials=2"]
     submission = out / "submissions" / "submission.csv"
-    assert_one_line(*run(capsys, *args), f"cannot write {submission}: No space left on device")
+    assert_one_line(*run(run_main, *args), f"cannot write {submission}: No space left on device")
     assert not submission.exists()
     assert_no_temp_files(out)
     disk.make_room()
-    code, err = run(capsys, *args)
+    code, err = run(run_main, *args)
     assert code == 0 and "skipping" in err, err[-2000:]  # the folds trained before the failure are kept
     assert submission.read_text().startswith("ImageID,Labels\n")
 
@@ -230,7 +229,7 @@ def test_torch_save_on_a_full_disk_names_the_reason_not_a_zip_position(tmp_path,
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_log_file_that_cannot_be_written_ends_the_run_in_one_line(data, tmp_path, capsys, monkeypatch):
+def test_a_log_file_that_cannot_be_written_ends_the_run_in_one_line(data, tmp_path, run_main, monkeypatch):
     """logging would print a '--- Logging error ---' traceback per record and go on."""
     real_emit = log._LogFile.emit
 
@@ -240,7 +239,7 @@ def test_a_log_file_that_cannot_be_written_ends_the_run_in_one_line(data, tmp_pa
         real_emit(self, record)
 
     monkeypatch.setattr(log._LogFile, "emit", full_after_the_first_records)
-    code, err = run(capsys, "train", f"data_dir={data}", f"out_dir={tmp_path}", "models=tfidf", *TINY)
+    code, err = run(run_main, "train", f"data_dir={data}", f"out_dir={tmp_path}", "models=tfidf", *TINY)
     assert_one_line(code, err, f"cannot write {tmp_path / 'logs'}/train-", ".log: No space left on device")
 
 
@@ -250,7 +249,7 @@ def test_a_log_file_that_cannot_be_written_ends_the_run_in_one_line(data, tmp_pa
     (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
      ("error: CUDA out of memory. Tried to allocate 2.00 GiB; lower image.batch_size", "device=cpu"))],
     ids=["EIO", "CUDA"])
-def test_a_machine_failure_no_stage_names_still_ends_in_one_line(data, tmp_path, capsys, monkeypatch, failure, needles):
+def test_a_machine_failure_no_stage_names_still_ends_in_one_line(data, tmp_path, run_main, monkeypatch, failure, needles):
     """The CLI's last resort, for what no stage turned into a UserError (torch moving a net to the GPU...)."""
     import solution.tune
 
@@ -258,7 +257,7 @@ def test_a_machine_failure_no_stage_names_still_ends_in_one_line(data, tmp_path,
         raise failure
 
     monkeypatch.setattr(solution.tune, "tune", fail)
-    assert_one_line(*run(capsys, "tune", f"data_dir={data}", f"out_dir={tmp_path}"), *needles)
+    assert_one_line(*run(run_main, "tune", f"data_dir={data}", f"out_dir={tmp_path}"), *needles)
 
 
 # ---- the pre-flight estimate of the image cache ------------------------------------------------
@@ -309,7 +308,7 @@ def test_the_pre_flight_refuses_a_cache_that_cannot_fit_before_decoding_anything
 
 # ---- CUDA out of memory, simulated on the CPU --------------------------------------------------
 
-def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_resumes(data, tmp_path, capsys,
+def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_resumes(data, tmp_path, run_main,
                                                                                          monkeypatch):
     """Steps of more than 4 rows run out of GPU memory from epoch 2 on; the probe halves 8 to 4, which fits."""
     from solution.recipe.updates import Updater
@@ -331,12 +330,12 @@ def test_cuda_out_of_memory_names_the_batch_and_a_batch_that_fits_and_the_fold_r
     monkeypatch.setattr(trainer, "save_checkpoint", save)
     monkeypatch.setattr(trainer, "gpu_memory", lambda device: "Simulated GPU (8.0 GiB)")
     args = ["train", f"data_dir={data}", f"out_dir={tmp_path}", "models=resnet50", *TINY]
-    line = assert_one_line(*run(capsys, *args), "resnet50 fold 0: CUDA out of memory at 8 rows per batch",
+    line = assert_one_line(*run(run_main, *args), "resnet50 fold 0: CUDA out of memory at 8 rows per batch",
                            "image.batch_size=8, image.model=test_resnet, image.size=32", "Simulated GPU (8.0 GiB)",
                            "4 rows fit", "rerun with image.batch_size=4")
     assert tried[-2:] == [8, 4], tried  # the failed step, then one probe at half
     monkeypatch.setattr(Updater, "_backward", real_backward)
-    code, err = run(capsys, *args)
+    code, err = run(run_main, *args)
     assert code == 0 and "resuming after epoch 1" in err, line + err[-2000:]
 
 

@@ -45,13 +45,11 @@ def refused_values(f, hint) -> list[str]:
     return bad + list(allows.refused)
 
 
-def _main(capsys, *args) -> tuple[int, str]:
+def _main(run_main, *args) -> tuple[int, str]:
     """cli.main in this process (a traceback would fail the test), with its stderr."""
-    capsys.readouterr()
-    code = cli.main(list(args))
-    captured = capsys.readouterr()
-    assert captured.out == ""
-    return code, captured.err
+    proc = run_main(*args)
+    assert proc.stdout == ""
+    return proc.returncode, proc.stderr
 
 
 def _assert_one_line(code: int, err: str, *needles: str) -> None:
@@ -79,13 +77,13 @@ def test_every_default_is_allowed_and_every_refusal_is_walked():
         assert refused_values(f, hint) or free, f"{key}: nothing to refuse, yet it is not declared as free text"
 
 
-def test_every_key_refuses_values_outside_its_declaration(capsys, tmp_path):
+def test_every_key_refuses_values_outside_its_declaration(run_main, tmp_path):
     """Set directly, with models=tfidf: image, embed, fusion, tune ... keys of models not selected are checked too."""
     out = tmp_path / "O"
     walked = 0
     for key, f, hint in KEYS:
         for raw in refused_values(f, hint):
-            code, err = _main(capsys, "train", f"{key}={raw}", f"data_dir={tmp_path / 'no-data'}", f"out_dir={out}",
+            code, err = _main(run_main, "train", f"{key}={raw}", f"data_dir={tmp_path / 'no-data'}", f"out_dir={out}",
                               "models=tfidf")
             _assert_one_line(code, err, f"bad value for {key}:", "allowed:")
             walked += 1
@@ -101,13 +99,13 @@ def _variant_keys():
     return [(kind, key) for key, kind in seen.items()]
 
 
-def test_every_variant_key_refuses_values_outside_its_declaration(capsys, tmp_path):
+def test_every_variant_key_refuses_values_outside_its_declaration(run_main, tmp_path):
     """Declared on the command line and in a variants file, in a variant the run does not select."""
     fields = {key: (f, hint) for key, f, hint in KEYS}
     out = tmp_path / "O"
     for kind, key in _variant_keys():
         for raw in refused_values(*fields[key]):
-            code, err = _main(capsys, "train", "variant.v.kind=" + kind, f"variant.v.{key}={raw}", f"out_dir={out}",
+            code, err = _main(run_main, "train", "variant.v.kind=" + kind, f"variant.v.{key}={raw}", f"out_dir={out}",
                               "models=tfidf")
             _assert_one_line(code, err, "variant 'v'", f"bad value for {key}:")
             try:  # as TOML writes it: a number, a boolean or nan/inf typed, anything else a string
@@ -117,7 +115,7 @@ def test_every_variant_key_refuses_values_outside_its_declaration(capsys, tmp_pa
                 value = json.dumps(raw)
             path = tmp_path / "v.toml"
             path.write_text(f'[v]\nkind = "{kind}"\n"{key}" = {value}\n')
-            code, err = _main(capsys, "train", f"variants={path}", f"out_dir={out}", "models=tfidf")
+            code, err = _main(run_main, "train", f"variants={path}", f"out_dir={out}", "models=tfidf")
             _assert_one_line(code, err, str(path), "variant 'v'", key)
     assert not out.exists()
 
@@ -192,9 +190,9 @@ def test_keys_that_can_change_outputs_are_hashed():
         assert any(settings_hash(base, m) != settings_hash(changed, m) for m in BUILTINS), setting
 
 
-def test_a_tfidf_min_df_above_every_caption_count_is_one_line(capsys, demo_csv, tmp_path):
+def test_a_tfidf_min_df_above_every_caption_count_is_one_line(run_main, demo_csv, tmp_path):
     """The one library bound that depends on the data, not the setting alone: refused where the fold is fitted."""
-    code, err = _main(capsys, "train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "models=tfidf", "n_folds=2",
+    code, err = _main(run_main, "train", f"data_dir={demo_csv}", f"out_dir={tmp_path / 'O'}", "models=tfidf", "n_folds=2",
                       "text.tfidf_min_df=1000")
     assert code == 2 and "Traceback" not in err, err
     line = err.strip().splitlines()[-1]
