@@ -244,6 +244,11 @@ class BenchConfig:
     file: str = _opt("BENCHMARKS.md", "where the figures are appended", TEXT)
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @dataclass
 class Config:
     data_dir: str = _opt("input", "folder with train.csv, test.csv and data/<ImageID>", TEXT)
@@ -310,8 +315,7 @@ class Config:
         network, and the pre-flight decode pool wants every core); 16 feed any one GPU."""
         if self.num_workers != "auto":
             return self.num_workers
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        cores = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # DDP processes share the machine
+        cores = max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))  # DDP processes share the machine
         return min(16, max(cores - 2, min(cores, 2)))
 
     def to_dict(self) -> dict:

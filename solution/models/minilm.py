@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .. import encoders, log
 from ..artefacts import load_arrays, save_arrays
+from ..config import usable_cores
 from ..context import FoldJob, FoldOutput
 from ..errors import UserError
 from ..labels import N_LABELS
@@ -76,9 +77,8 @@ def encode(encoder, captions: list[str], desc: str) -> np.ndarray:
     ids = encoder.tokenizer(list(captions), truncation=True, max_length=encoder.max_seq_length)["input_ids"]
     out = None
     device = next(encoder.parameters()).device
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     encoder.eval()
-    with cpu_threads(cores), torch.inference_mode():
+    with cpu_threads(usable_cores()), torch.inference_mode():
         for rows in tqdm(length_batches([len(x) for x in ids], TOKENS_PER_BATCH), desc=desc, unit="batch",
                          dynamic_ncols=True, disable=log.bars_off()):
             batch = torch.tensor([ids[i] for i in rows], device=device)
