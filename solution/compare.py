@@ -3,7 +3,8 @@
 Both runs' `tune` saved each row's nested F1 (oof/blend.npz). On the same data, folds and rows, the difference of
 two runs' nested scores is the mean of per-row differences, resampled in pairs within each fold like every interval
 (solution/stats.py), so the noise both runs share cancels. Runs on other data, folds or rows are refused: their
-per-row scores do not pair; so is a run whose OOF files changed after its tune (its blend no longer scores them). Only the rows' sampling noise is counted, not that of retraining with another seed.
+per-row scores do not pair; so is a run whose OOF files changed after its tune (its blend no longer scores them).
+Only the rows' sampling noise is counted, not that of retraining with another seed.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from . import log, stats
 from .artefacts import check_provenance, load_arrays, read_json
 from .config import Config
 from .errors import UserError
-from .oof import oof_contents
+from .oof import changed_folds, oof_contents
 
 
 def _tuned_run(cfg: Config, out: Path) -> tuple[dict, dict, dict]:
@@ -28,9 +29,7 @@ def _tuned_run(cfg: Config, out: Path) -> tuple[dict, dict, dict]:
     meta, arrays = load_arrays(out / "oof" / "blend.npz")
     check_provenance(out / "oof" / "blend.npz", meta, record["provenance"], f"./run.sh tune out_dir={out}")
     run = dataclasses.replace(cfg, out_dir=str(out), n_folds=record["n_folds"])
-    changed = [f"{model} fold {k}" for model in record["models"]
-               for k, (tuned, now) in enumerate(zip(record["provenance"]["oof"][model], oof_contents(run, model)))
-               if tuned != now]
+    changed = changed_folds(record["provenance"]["oof"], {m: oof_contents(run, m) for m in record["models"]})
     if changed:
         raise UserError(f"compare: {out / 'oof' / 'blend.json'} no longer matches the OOF in {out} ({', '.join(changed)} "
                         f"retrained or removed since its tune); rerun ./run.sh tune out_dir={out}")

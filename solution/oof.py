@@ -56,6 +56,17 @@ def oof_contents(cfg: Config, model: str) -> list[str | None]:
     return [_content_or_none(oof_path(cfg, model, k)) for k in range(cfg.n_folds)]
 
 
+def changed_folds(tuned: dict[str, list], now: dict[str, list]) -> list[str]:
+    """'model fold k' for each OOF file whose content hash in `now` differs from the one a blend was tuned on
+    (`tuned`: the blend's provenance["oof"]; a fold it lacks counts as None, a missing file)."""
+    changed = []
+    for model, hashes in now.items():
+        before = tuned.get(model) or []
+        changed += [f"{model} fold {k}" for k, content in enumerate(hashes)
+                    if (before[k] if k < len(before) else None) != content]
+    return changed
+
+
 def _content_or_none(path: Path) -> str | None:
     try:
         return read_meta(path).get("content")

@@ -26,7 +26,7 @@ from .errors import UserError
 from .folds import folds_hash, read_folds
 from .labels import LABELS, N_LABELS
 from .metric import binarize, expected_f1_sets, per_row_f1_binary, samples_f1, samples_f1_binary
-from .oof import collect_oof, oof_contents, settings_hash
+from .oof import changed_folds, collect_oof, oof_contents, settings_hash
 from .variants import modality_groups
 
 GRID = np.round(np.arange(0.02, 0.96, 0.01), 2)
@@ -410,9 +410,8 @@ def check_blend_fresh(cfg: Config, comp: Competition, record: dict) -> None:
     have = record.get("provenance", {})
     for key in ("data", "folds", "models", "oof"):
         if have.get(key) != want[key]:
-            changed = [f"{m} fold {k}" for m in models for k, now in enumerate(want["oof"][m])
-                       if now != (have.get("oof", {}).get(m) or [None] * len(want["oof"][m]))[k]]
-            detail = f": {', '.join(changed)} retrained since" if key == "oof" else ""
+            changed = changed_folds(have.get("oof", {}), want["oof"]) if key == "oof" else []
+            detail = f": {', '.join(changed)} retrained since" if changed else ""
             raise UserError(f"{cfg.out / 'oof' / 'blend.json'} is stale (its {key} differ from the current run{detail}); "
                             "rerun ./run.sh tune")
     for key in ("blend", "decision", "search"):
