@@ -88,6 +88,15 @@ class BadImage:
     reason: str
 
 
+CACHE_PREFIX = "images_"  # the cache of image.size s is cache/images_<s>.json and .bin (solution/cache.py)
+
+
+def cached_sides(cache_dir: Path) -> list[int]:
+    """The image sizes that have a cache in cache_dir, smallest first (other files there are not caches)."""
+    stems = (p.stem[len(CACHE_PREFIX):] for p in cache_dir.glob(f"{CACHE_PREFIX}*.json"))
+    return sorted(int(stem) for stem in stems if stem.isdigit())
+
+
 class ImageStore:
     """Serves images by path: from the cache when enabled, else decoded from the source file.
 
@@ -101,7 +110,7 @@ class ImageStore:
         self._keys: dict[str, str] = {}  # path as given -> index key: resolve() once per spelling, not per read
         self._missed = False
         # resolved source path -> [offset, h, w, signature] of an RGB image, shorter side round(1.15 x side)
-        self.cache = ArrayCache(cache_dir, f"images_{side}", np.uint8, tail=(3,), fix="pass image.cache=false") \
+        self.cache = ArrayCache(cache_dir, f"{CACHE_PREFIX}{side}", np.uint8, tail=(3,), fix="pass image.cache=false") \
             if cache_dir is not None else None
 
     def _key(self, path: Path) -> str:

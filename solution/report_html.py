@@ -23,11 +23,10 @@ import numpy as np
 
 from . import stats
 from .artefacts import atomic_path
-from .cache import ArrayCache
 from .config import Config
 from .data import Competition
 from .errors import UserError
-from .images import load_rgb, signature
+from .images import ImageStore, cached_sides, load_rgb, signature
 from .labels import LABELS, NAMES
 from .metric import expected_f1, f1_by_threshold, scores
 from .tune import Tuned, calibrate
@@ -104,8 +103,8 @@ class Thumbnails:
     def __init__(self, cfg: Config, comp: Competition):
         self.folder = comp.image_dir
         self.enabled = self.folder.is_dir()
-        indexes = sorted(cfg.out.glob("cache/images_*.json"), key=lambda p: int(p.stem.split("_")[1]))
-        self.cache = ArrayCache(indexes[0].parent, indexes[0].stem, np.uint8, tail=(3,)) if indexes else None
+        sides = cached_sides(cfg.out / "cache")
+        self.cache = ImageStore(cfg.out / "cache", sides[0]).cache if sides else None
 
     def uri(self, image_id: str) -> str | None:
         from PIL import Image

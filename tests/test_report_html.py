@@ -14,8 +14,10 @@ import pytest
 from solution import report_html
 from solution.artefacts import load_arrays, read_json
 from solution.cli import main as cli_main
+from solution.config import Config
 from solution.data import load_competition
 from solution.demo import make_dataset
+from solution.images import ImageStore, cached_sides
 from solution.labels import LABELS
 from solution.metric import expected_f1, per_row_f1_binary
 from solution.tune import Tuned, calibrate
@@ -147,6 +149,27 @@ def test_photos_become_thumbnails_and_a_missing_one_a_placeholder(reported):
     one_gone = Page(pages["one gone"])
     assert one_gone.thumbs == GALLERY + TEST_ROWS - 1 and one_gone.placeholders == 1
     assert re.search(r'<div class="card" data-row="\d+"[^>]*><div class="thumb placeholder"', pages["one gone"])
+
+
+def test_thumbnails_come_from_the_smallest_image_cache_whatever_else_is_in_cache(reported, tmp_path, monkeypatch):
+    data = shutil.copytree(reported[0], tmp_path / "data")  # the module's photos stay as they are
+    comp, out = load_competition(data), tmp_path / "out"
+    photos = sorted((data / "data").glob("*.jpg"))
+    for side in (32, 16):
+        ImageStore(out / "cache", side).prepare(photos, workers=0, skip_bad=False)
+    (out / "cache" / "images_old.json").write_text("{}")  # not a cache: no size in its name
+    (out / "cache" / "images_8.lock").write_text("")
+    assert cached_sides(out / "cache") == [16, 32]
+    thumbs = report_html.Thumbnails(Config(out_dir=str(out)), comp)
+    assert thumbs.cache.index_path.name == "images_16.json"
+
+    def no_decoding(*args):
+        raise AssertionError("decoded although the cache holds it")
+
+    monkeypatch.setattr(report_html, "load_rgb", no_decoding)
+    assert thumbs.uri(photos[0].name).startswith("data:image/jpeg;base64,")
+    photos[0].write_bytes(photos[1].read_bytes() + b"changed")  # a changed photo is not served from the cache
+    assert thumbs.uri(photos[0].name) is None  # (decoding it is refused here, so: the placeholder)
 
 
 def test_a_caption_only_run_gets_the_page_without_thumbnails(reported):
