@@ -459,11 +459,12 @@ def check_settings(cfg: Config, prefix: str = "") -> None:
             raise UserError(f"{prefix}bad value for {key}: {value}; allowed: {allowed_text(key)}")
 
 
-def apply_overrides(overrides: list[str], base: Config | None = None) -> tuple[Config, dict[str, dict[str, str]]]:
+def apply_overrides(overrides: list[str], base: Config | None = None
+                    ) -> tuple[Config, set[str], dict[str, dict[str, str]]]:
     """`key=value` items applied to the defaults (or to a copy of `base`, a saved run's config), every setting
-    checked; also the variant.NAME.KEY=VALUE items, by name, for variants.declare."""
+    checked; also the keys given, and the variant.NAME.KEY=VALUE items, by name, for variants.declare."""
     cfg = copy.deepcopy(base) if base is not None else Config()
-    fold_given = False
+    given: set[str] = set()
     declared: dict[str, dict[str, str]] = {}
     for item in overrides:
         if "=" not in item:
@@ -477,11 +478,11 @@ def apply_overrides(overrides: list[str], base: Config | None = None) -> tuple[C
             declared.setdefault(name, {})[setting] = raw
             continue
         set_key(cfg, key, convert_setting(key, raw))
-        fold_given = fold_given or key == "fold"
-    if not fold_given and base is None:
+        given.add(key)
+    if "fold" not in given and base is None:
         cfg.fold = list(range(cfg.n_folds))  # the default is every fold, whatever n_folds is
     check_settings(cfg)
-    return cfg, declared
+    return cfg, given, declared
 
 
 def set_key(cfg: Config, key: str, value) -> None:

@@ -12,9 +12,8 @@ def build_config(overrides: list[str], base: Config | None = None) -> Config:
     """Apply `key=value` overrides to the defaults (or to `base`, a saved run's config), then read the declared
     variants (variants=FILE and variant.NAME.KEY=VALUE; a base keeps its own unless the overrides declare some);
     any unknown key or bad value is a one-line UserError."""
-    cfg, declared = apply_overrides(overrides, base)
-    variants_given = any(item.split("=", 1)[0].strip() == "variants" for item in overrides)
-    if base is None or declared or variants_given:
+    cfg, given, declared = apply_overrides(overrides, base)
+    if base is None or declared or "variants" in given:
         declare(cfg, declared)
     validate(cfg)
     return cfg
