@@ -250,7 +250,7 @@ def _curve_svg(points: np.ndarray, marker: float | None, dots: list[tuple[float,
     parts = ['<svg class="curve" viewBox="0 0 160 100" width="160" height="100"><rect x="4" y="4" width="152" '
              'height="92" fill="none" stroke="#ccc"/>']
     if diagonal:
-        parts.append(f'<line x1="4" y1="96" x2="156" y2="4" stroke="#bbb" stroke-dasharray="3,3"/>')
+        parts.append('<line x1="4" y1="96" x2="156" y2="4" stroke="#bbb" stroke-dasharray="3,3"/>')
     parts.append(f'<polyline fill="none" stroke="#1f5fbf" stroke-width="1.5" points="{" ".join(xy(x, v) for x, v in points)}"/>')
     if marker is not None:
         parts.append(f'<line x1="{4 + 152 * marker:.1f}" y1="4" x2="{4 + 152 * marker:.1f}" y2="96" stroke="#c00"/>')
