@@ -244,17 +244,21 @@ def gallery_html(rows, ids, captions, y, pred, fold, nested_f1, series, disagree
 
 def _curve_svg(points: np.ndarray, marker: float | None, dots: list[tuple[float, float]], diagonal: bool) -> str:
     """A 160x100 line chart on [0, 1] x [0, 1]: the curve, optionally a vertical marker, dots and the diagonal."""
-    def xy(x, yv):
-        return f"{4 + 152 * x:.1f},{96 - 92 * yv:.1f}"
+    def px(x: float) -> str:  # the plot area is (4, 4) to (156, 96), y upwards
+        return f"{4 + 152 * x:.1f}"
+
+    def py(y: float) -> str:
+        return f"{96 - 92 * y:.1f}"
 
     parts = ['<svg class="curve" viewBox="0 0 160 100" width="160" height="100"><rect x="4" y="4" width="152" '
              'height="92" fill="none" stroke="#ccc"/>']
     if diagonal:
         parts.append('<line x1="4" y1="96" x2="156" y2="4" stroke="#bbb" stroke-dasharray="3,3"/>')
-    parts.append(f'<polyline fill="none" stroke="#1f5fbf" stroke-width="1.5" points="{" ".join(xy(x, v) for x, v in points)}"/>')
+    polyline = " ".join(f"{px(x)},{py(y)}" for x, y in points)
+    parts.append(f'<polyline fill="none" stroke="#1f5fbf" stroke-width="1.5" points="{polyline}"/>')
     if marker is not None:
-        parts.append(f'<line x1="{4 + 152 * marker:.1f}" y1="4" x2="{4 + 152 * marker:.1f}" y2="96" stroke="#c00"/>')
-    parts += [f'<circle cx="{4 + 152 * x:.1f}" cy="{96 - 92 * v:.1f}" r="2.2" fill="#e07b00"/>' for x, v in dots]
+        parts.append(f'<line x1="{px(marker)}" y1="4" x2="{px(marker)}" y2="96" stroke="#c00"/>')
+    parts += [f'<circle cx="{px(x)}" cy="{py(y)}" r="2.2" fill="#e07b00"/>' for x, y in dots]
     return "".join(parts) + "</svg>"
 
 
